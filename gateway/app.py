@@ -1,0 +1,96 @@
+"""The application factory: settings in, a wired Flask app out; errors mapped in one place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from gateway import auth
+from gateway.http.responses import json_response
+from gateway.settings import Settings
+from registry.db import Database
+from registry.errors import GatewayError
+from registry.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+HTTP_CODES = {
+    400: "invalid_input",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    431: "headers_too_large",
+}
+
+
+@dataclass
+class Services:
+    """What the blueprints need, built once per app: no module-level mutable state."""
+
+    settings: Settings
+    db: Database
+    store: ArtifactStore
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["mgw"]
+    return svc
+
+
+def error_response(status: int, code: str, message: str) -> Any:
+    if request.path.startswith("/v2"):
+        return json_response({"error": message}, status)
+    return json_response({"error": {"code": code, "message": message}}, status)
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(GatewayError)
+    def _gateway_error(exc: GatewayError) -> Any:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        code = HTTP_CODES.get(status, "error")
+        message = exc.description or exc.name
+        if status == 404:
+            message = f"no route for {request.method} {request.path[:200]}"
+        response = error_response(status, code, message)
+        if status == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        log.exception("unhandled error on %s %s", request.method, request.path[:200])
+        return error_response(500, "internal", "internal error; see the gateway's log")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build a gateway. Tests pass their own `Settings`; `wsgi.py` reads the environment."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    db = Database(settings.database_url)
+    store = ArtifactStore(settings.model_store)
+    app.extensions["mgw"] = Services(settings=settings, db=db, store=store)
+
+    _register_error_handlers(app)
+    auth.init_app(app, db, settings.auth, settings.token_cache_seconds)
+
+    from gateway.http import admin, health
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
+    return app

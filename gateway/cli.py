@@ -1,0 +1,317 @@
+"""The `gateway` command: registry, tokens, serving and the demo, for people and scripts.
+
+Talks to the database directly (it is the registry's owner), prints tables for people and
+`--json` for scripts, and turns every expected failure into one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.settings import Settings, SettingsError
+from registry import service, tokens
+from registry.db import Database
+from registry.errors import GatewayError
+from registry.store import ArtifactStore
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit status 2."""
+
+
+def actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
+def emit(args: argparse.Namespace, data: Any, table: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(table(data) + "\n")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+class Context:
+    """Settings, database and store, opened lazily so `--help` needs no database."""
+
+    def __init__(self) -> None:
+        self.settings = Settings.from_env()
+        self._db: Database | None = None
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(self.settings.database_url)
+            from registry.migrate import current_revision, head_revision
+
+            current = current_revision(self._db.engine)
+            if current != head_revision():
+                raise CliError(
+                    f"the database schema is at {current or 'nothing'}, this gateway needs "
+                    f"{head_revision()}: run `gateway db upgrade`"
+                )
+        return self._db
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.model_store)
+
+
+# ---- db ------------------------------------------------------------------------------------
+
+def cmd_db_upgrade(ctx: Context, args: argparse.Namespace) -> None:
+    from registry.migrate import upgrade
+
+    upgrade(ctx.settings.database_url)
+    print(f"schema is up to date on {_safe_url(ctx.settings.database_url)}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ---- tokens --------------------------------------------------------------------------------
+
+def cmd_token_create(ctx: Context, args: argparse.Namespace) -> None:
+    token = tokens.create_token(ctx.db, args.role, args.name, actor())
+    print(f"created {args.role} token {args.name!r}; it is shown once, keep it secret:")
+    print(token)
+
+
+def cmd_token_list(ctx: Context, args: argparse.Namespace) -> None:
+    rows = tokens.list_tokens(ctx.db)
+    emit(args, rows, lambda rs: format_table(
+        ["name", "role", "key_id", "created_at", "revoked_at"],
+        [[r["name"], r["role"], r["key_id"], r["created_at"], r["revoked_at"] or "-"]
+         for r in rs]))
+
+
+def cmd_token_revoke(ctx: Context, args: argparse.Namespace) -> None:
+    count = tokens.revoke_token(ctx.db, args.name, actor())
+    print(f"revoked {count} token(s) named {args.name!r}")
+
+
+# ---- models --------------------------------------------------------------------------------
+
+def _versions_table(records: list[dict[str, Any]]) -> str:
+    return format_table(
+        ["model", "version", "stage", "aliases", "accuracy", "size", "sha256", "created_at",
+         "parent"],
+        [[r["model"], r["version"], r["stage"], ",".join(r["aliases"]) or "-",
+          _metric(r, "accuracy"), r["size_bytes"], r["sha256"][:12], r["created_at"],
+          r["parent_version"] or "-"] for r in records],
+    )
+
+
+def _metric(record: dict[str, Any], key: str) -> str:
+    value = (record.get("metrics") or {}).get(key)
+    return "-" if value is None else f"{value:.4f}"
+
+
+def cmd_models_list(ctx: Context, args: argparse.Namespace) -> None:
+    models = service.list_models(ctx.db)
+    emit(args, models, lambda ms: _versions_table([v for m in ms for v in m["versions"]])
+         if ms else "no models registered yet: gateway models register NAME FILE.onnx")
+
+
+def cmd_models_register(ctx: Context, args: argparse.Namespace) -> None:
+    path = Path(args.file)
+    try:
+        size = path.stat().st_size
+        if size > ctx.settings.max_model_bytes:
+            raise CliError(f"{path} is {size} bytes; the limit (GATEWAY_MAX_MODEL_BYTES) is "
+                           f"{ctx.settings.max_model_bytes}")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    metadata = None
+    if args.metadata:
+        try:
+            metadata = orjson.loads(args.metadata)
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"--metadata is not valid JSON: {exc}") from None
+    record = service.register_version(ctx.db, ctx.store, args.name, data, metadata, actor(),
+                                      ctx.settings.max_model_bytes)
+    emit(args, record, lambda r: f"registered {r['model']} version {r['version']} "
+                                 f"(sha256 {r['sha256']})")
+
+
+def cmd_models_show(ctx: Context, args: argparse.Namespace) -> None:
+    if args.version is None:
+        models = [m for m in service.list_models(ctx.db) if m["model"] == args.name]
+        if not models:
+            from registry.names import check_model_name
+
+            check_model_name(args.name)
+            raise CliError(f"model {args.name!r} is not registered")
+        emit(args, models[0], lambda m: _versions_table(m["versions"]))
+        return
+    record = service.get_version(ctx.db, args.name, args.version)
+    emit(args, record, _record_text)
+
+
+def _record_text(r: dict[str, Any]) -> str:
+    lines = [f"{r['model']} version {r['version']} ({r['stage']})"]
+    for key in ("sha256", "size_bytes", "opset", "created_at", "created_by", "description"):
+        lines.append(f"  {key}: {r[key]}")
+    lines.append(f"  aliases: {', '.join(r['aliases']) or '-'}")
+    for kind in ("inputs", "outputs"):
+        specs = ", ".join(f"{s['name']} {s['datatype']}{s['shape']}" for s in r[kind])
+        lines.append(f"  {kind}: {specs}")
+    for key in ("dataset", "params", "metrics"):
+        if r.get(key):
+            lines.append(f"  {key}: {orjson.dumps(r[key]).decode()}")
+    lineage = r.get("lineage", {})
+    lines.append(f"  lineage: parent {lineage.get('parent_version') or '-'}, ancestors "
+                 f"{lineage.get('ancestors') or '-'}, children {lineage.get('children') or '-'}")
+    return "\n".join(lines)
+
+
+def cmd_models_alias(ctx: Context, args: argparse.Namespace) -> None:
+    if args.delete:
+        service.delete_alias(ctx.db, args.name, args.alias, actor(), args.reason)
+        print(f"deleted alias {args.alias!r} of {args.name}")
+        return
+    if args.version is None:
+        raise CliError("give the VERSION the alias should point at (or --delete)")
+    result = service.set_alias(ctx.db, args.name, args.alias, args.version, actor(), args.reason)
+    emit(args, result, lambda r: f"{r['model']}:{r['alias']} -> version {r['version']}"
+                                 f" (was {r['previous'] or '-'})")
+
+
+def cmd_models_archive(ctx: Context, args: argparse.Namespace) -> None:
+    record = service.archive_version(ctx.db, args.name, args.version, actor(), args.reason)
+    emit(args, record, lambda r: f"archived {r['model']} version {r['version']}")
+
+
+def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
+    entries = service.list_audit(ctx.db, model=args.model, limit=args.limit)
+    emit(args, entries, lambda es: format_table(
+        ["id", "ts", "actor", "action", "model", "version", "reason"],
+        [[e["id"], e["ts"], e["actor"], e["action"], e["model"] or "-", e["version"] or "-",
+          e["reason"] or "-"] for e in es]))
+
+
+# ---- serving -------------------------------------------------------------------------------
+
+def cmd_serve(ctx: Context, args: argparse.Namespace) -> None:
+    from gateway.serving import serve
+
+    serve(ctx.settings, bind=args.bind, workers=args.workers)
+
+
+def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
+    from gateway.demo import run_demo
+
+    run_demo(ctx.settings, workdir=Path(args.dir), serve_after=not args.no_serve, bind=args.bind)
+
+
+# ---- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(group: Any, name: str, func: Callable[..., None], help_: str,
+            json_flag: bool = False) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="sub", required=True)
+    add(db, "upgrade", cmd_db_upgrade, "create or migrate the schema (Alembic)")
+
+    tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="sub", required=True)
+    p = add(tok, "create", cmd_token_create, "create a token; prints it as the last line")
+    p.add_argument("--role", required=True, choices=tokens.ROLES)
+    p.add_argument("--name", required=True)
+    add(tok, "list", cmd_token_list, "list tokens (never their secrets)", json_flag=True)
+    p = add(tok, "revoke", cmd_token_revoke, "revoke a token by name or key id")
+    p.add_argument("name")
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(
+        dest="sub", required=True)
+    add(models, "list", cmd_models_list, "every model and version", json_flag=True)
+    p = add(models, "register", cmd_models_register, "register a new version", json_flag=True)
+    p.add_argument("name")
+    p.add_argument("file")
+    p.add_argument("--metadata", help="JSON object: description, dataset, params, metrics, "
+                                      "parent_version, aliases")
+    p = add(models, "show", cmd_models_show, "a model's versions, or one version's record",
+            json_flag=True)
+    p.add_argument("name")
+    p.add_argument("version", nargs="?")
+    p = add(models, "alias", cmd_models_alias, "point an alias at a version", json_flag=True)
+    p.add_argument("name")
+    p.add_argument("alias")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--delete", action="store_true", help="remove the alias")
+    p.add_argument("--reason")
+    p = add(models, "archive", cmd_models_archive, "stop a version taking traffic",
+            json_flag=True)
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--reason", required=True)
+
+    p = add(sub, "audit", cmd_audit, "who changed what, when and why", json_flag=True)
+    p.add_argument("--model")
+    p.add_argument("--limit", type=int, default=50)
+
+    p = add(sub, "serve", cmd_serve, "serve with gunicorn")
+    p.add_argument("--bind", default=os.environ.get("GATEWAY_BIND", "127.0.0.1:8000"))
+    p.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "2")))
+
+    p = add(sub, "demo", cmd_demo, "build, register and serve the example models")
+    p.add_argument("--dir", default=".", help="working directory for the demo's files")
+    p.add_argument("--bind", default="127.0.0.1:8000")
+    p.add_argument("--no-serve", action="store_true", help="set up, print, and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ctx = Context()
+        args.func(ctx, args)
+    except (CliError, SettingsError) as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"gateway: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        first = str(exc.orig if hasattr(exc, "orig") and exc.orig else exc).strip().splitlines()
+        print(f"gateway: error: database: {first[0] if first else exc.__class__.__name__}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""gunicorn settings: used by `gateway serve` (`-c python:gateway.gunicorn_conf`).
+
+- Worker class `gthread`: inference is CPU-bound and short, so a process per core does the work;
+  a few threads per worker keep a slow client or a feedback post from blocking the worker while
+  onnxruntime releases the GIL during a run.
+- No `preload_app`: each worker builds its app after fork, so database pools, onnxruntime
+  sessions, Redis connections and background threads are never shared across a fork. The cost
+  is that each worker loads its own sessions (they are per-process anyway).
+- `timeout` bounds a stuck worker; `graceful_timeout` lets SIGTERM finish in-flight requests and
+  flush buffered outcomes before the worker exits.
+"""
+
+import os
+
+bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GATEWAY_THREADS", "4"))
+timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "30"))
+graceful_timeout = 20
+keepalive = 5
+preload_app = False
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+accesslog = os.environ.get("GATEWAY_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
+wsgi_app = "gateway.app:create_app()"

@@ -1,0 +1,111 @@
+"""Ops routes: the registry (versions, aliases, archive) and the audit trail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Blueprint, g, request
+
+from gateway.app import services
+from gateway.http.responses import json_response, read_json_object
+from registry import service
+from registry.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from registry.names import check_model_name
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+MULTIPART_OVERHEAD = 1024 * 1024
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def _reason(body: dict[str, Any]) -> str | None:
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
+        raise InvalidInput("reason must be a string of at most 2000 characters")
+    return reason
+
+
+@bp.get("/models")
+def list_models() -> Any:
+    return json_response({"models": service.list_models(services().db)})
+
+
+@bp.post("/models/<name>/versions")
+def register_version(name: str) -> Any:
+    svc = services()
+    check_model_name(name)
+    limit = svc.settings.max_model_bytes + MULTIPART_OVERHEAD
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"upload is {request.content_length} bytes; the model file limit "
+            f"(GATEWAY_MAX_MODEL_BYTES) is {svc.settings.max_model_bytes}"
+        )
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType(
+            "send multipart/form-data with the .onnx file in 'file' and JSON in 'metadata'"
+        )
+    request.max_content_length = limit
+    request.max_form_memory_size = MAX_METADATA_BYTES
+    upload = request.files.get("file")
+    if upload is None:
+        raise InvalidInput("the multipart body has no 'file' part holding the .onnx file")
+    data = upload.stream.read(svc.settings.max_model_bytes + 1)
+    raw_meta = request.form.get("metadata")
+    metadata = None
+    if raw_meta:
+        try:
+            metadata = orjson.loads(raw_meta)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"metadata is not valid JSON: {exc}") from None
+    record = service.register_version(
+        svc.db, svc.store, name, data, metadata, g.actor, svc.settings.max_model_bytes
+    )
+    return json_response(record, 201, {"Location": f"/admin/models/{name}/versions/"
+                                                   f"{record['version']}"})
+
+
+@bp.get("/models/<name>/versions/<ref>")
+def get_version(name: str, ref: str) -> Any:
+    return json_response(service.get_version(services().db, name, ref))
+
+
+@bp.put("/models/<name>/aliases/<alias>")
+def put_alias(name: str, alias: str) -> Any:
+    body = read_json_object(services().settings.max_body_bytes)
+    if "version" not in body:
+        raise InvalidInput('send {"version": <integer or alias>}')
+    result = service.set_alias(
+        services().db, name, alias, body["version"], g.actor, _reason(body)
+    )
+    return json_response(result)
+
+
+@bp.delete("/models/<name>/aliases/<alias>")
+def delete_alias(name: str, alias: str) -> Any:
+    service.delete_alias(services().db, name, alias, g.actor)
+    return json_response({"model": name, "alias": alias, "deleted": True})
+
+
+@bp.post("/models/<name>/versions/<ref>/archive")
+def archive(name: str, ref: str) -> Any:
+    body = read_json_object(services().settings.max_body_bytes) if request.content_length else {}
+    record = service.archive_version(services().db, name, ref, g.actor, _reason(body))
+    return json_response(record)
+
+
+@bp.get("/audit")
+def audit() -> Any:
+    args = request.args
+    try:
+        limit = min(int(args.get("limit", 100)), 1000)
+        before = int(args["before"]) if "before" in args else None
+    except ValueError:
+        raise InvalidInput("limit and before must be integers") from None
+    if limit < 1:
+        raise InvalidInput("limit must be at least 1")
+    model = args.get("model")
+    if model is not None:
+        check_model_name(model)
+    entries = service.list_audit(services().db, model=model, limit=limit, before_id=before)
+    return json_response({"entries": entries})

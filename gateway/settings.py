@@ -1,0 +1,100 @@
+"""One typed settings object, read once from the environment (and an optional `.env`).
+
+Everything configurable lives here so that `create_app(settings)` in tests builds a fully
+isolated gateway without touching process-wide environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a value the gateway cannot run with."""
+
+
+def _int(env: dict[str, str], key: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{key} must be >= {minimum}, got {value}")
+    return value
+
+
+def _bool(env: dict[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "on", "true", "yes"}:
+        return True
+    if lowered in {"0", "off", "false", "no"}:
+        return False
+    raise SettingsError(f"{key} must be on or off, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gateway's configuration. Defaults need no server: SQLite file, embedded Redis."""
+
+    database_url: str = "sqlite:///gateway.db"
+    redis_url: str | None = None
+    model_store: Path = Path("model-store")
+    auth: bool = True
+    max_body_bytes: int = 4 * MIB
+    max_model_bytes: int = 512 * MIB
+    max_batch: int = 1024
+    session_cache_count: int = 32
+    session_cache_bytes: int = 2048 * MIB
+    intra_op_threads: int = 1
+    registry_poll_seconds: float = 0.5
+    redis_prefix: str = "mgw:"
+    token_cache_seconds: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Read `GATEWAY_*` variables; a `.env` in the working directory adds missing ones."""
+        if env is None:
+            from dotenv import dotenv_values
+
+            merged = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+            merged.update(os.environ)
+            env = merged
+        defaults = cls()
+        database_url = env.get("GATEWAY_DATABASE_URL") or defaults.database_url
+        if not database_url.startswith(("sqlite:", "postgresql")):
+            raise SettingsError(
+                "GATEWAY_DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://..."
+            )
+        return cls(
+            database_url=database_url,
+            redis_url=env.get("GATEWAY_REDIS_URL") or None,
+            model_store=Path(env.get("GATEWAY_MODEL_STORE") or defaults.model_store),
+            auth=_bool(env, "GATEWAY_AUTH", True),
+            max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
+            max_model_bytes=_int(env, "GATEWAY_MAX_MODEL_BYTES", defaults.max_model_bytes, 1024),
+            max_batch=_int(env, "GATEWAY_MAX_BATCH", defaults.max_batch, 1),
+            session_cache_count=_int(
+                env, "GATEWAY_SESSION_CACHE_COUNT", defaults.session_cache_count, 1
+            ),
+            session_cache_bytes=_int(
+                env, "GATEWAY_SESSION_CACHE_BYTES", defaults.session_cache_bytes, 1
+            ),
+            intra_op_threads=_int(env, "GATEWAY_INTRA_OP_THREADS", defaults.intra_op_threads, 0),
+            redis_prefix=env.get("GATEWAY_REDIS_PREFIX") or defaults.redis_prefix,
+        )
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests build variants this way)."""
+        return replace(self, **changes)

@@ -1,0 +1,1 @@
+"""The registry: which model versions exist, their artifacts, aliases, tokens and audit trail."""
