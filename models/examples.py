@@ -317,7 +317,9 @@ def _dedupe_opsets(model: onnx.ModelProto) -> None:
     for entry in model.opset_import:
         seen[entry.domain] = max(seen.get(entry.domain, 0), entry.version)
     del model.opset_import[:]
-    for domain, version in seen.items():
+    # sorted: skl2onnx's own order varies between processes (it comes from a set of strings,
+    # whose iteration order follows the per-process hash seed), and with it the file's sha256.
+    for domain, version in sorted(seen.items()):
         model.opset_import.add(domain=domain, version=version)
 
 
@@ -400,16 +402,11 @@ def build_examples(out_dir: Path) -> list[ExampleModel]:
     Returns the models in registration order (logreg, forest, mlp). Safe to re-run over an
     existing folder: every file is rewritten atomically with the same bytes.
     """
-    from threadpoolctl import threadpool_limits
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     split = _split()
     _write_atomic(out_dir / TEST_FILE, _npz_bytes({"X": split.X_test, "y": split.y_test}))
-    # Multi-threaded BLAS sums in a schedule-dependent order, so the MLP's weights (and the
-    # file's sha256) would vary run to run; one thread makes training bit-reproducible.
-    with threadpool_limits(limits=1):
-        return [_build_one(recipe, split, out_dir) for recipe in _RECIPES]
+    return [_build_one(recipe, split, out_dir) for recipe in _RECIPES]
 
 
 def _build_one(recipe: _Recipe, split: _Split, out_dir: Path) -> ExampleModel:

@@ -168,3 +168,20 @@ def test_models_carry_their_provenance(built: Built) -> None:
         metadata = {p.key: p.value for p in proto.metadata_props}
         assert metadata["example_name"] == name
         assert metadata["dataset_sha256"] == DATASET["sha256"]
+
+
+def test_bytes_do_not_depend_on_the_process_hash_seed(tmp_path: Path) -> None:
+    """Set iteration order follows PYTHONHASHSEED; the files must not."""
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        subprocess.run([sys.executable, "-m", "models.examples", str(out)], env=env,
+                       check=True, capture_output=True, timeout=120)
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted(out.glob("*.onnx"))})
+    assert digests[0] == digests[1] and len(digests[0]) == 3
