@@ -6,11 +6,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from gateway import auth
+from gateway.catalog import Catalog
+from gateway.codecs import Limits
+from gateway.dataplane import DataPlane
 from gateway.http.responses import json_response
+from gateway.runtime import ModelRuntime
 from gateway.settings import Settings
 from registry.db import Database
 from registry.errors import GatewayError
@@ -40,6 +44,16 @@ class Services:
     settings: Settings
     db: Database
     store: ArtifactStore
+    catalog: Catalog
+    runtime: ModelRuntime
+    dataplane: DataPlane
+    limits: Limits
+
+    def close(self) -> None:
+        """Stop background work and release sessions and connections (worker exit, tests)."""
+        self.catalog.stop()
+        self.runtime.close()
+        self.db.dispose()
 
 
 def services() -> Services:
@@ -84,13 +98,29 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     db = Database(settings.database_url)
     store = ArtifactStore(settings.model_store)
-    app.extensions["mgw"] = Services(settings=settings, db=db, store=store)
+    catalog = Catalog(db, settings.registry_poll_seconds)
+    runtime = ModelRuntime(store, settings.session_cache_count, settings.session_cache_bytes,
+                           settings.intra_op_threads)
+    app.extensions["mgw"] = Services(
+        settings=settings, db=db, store=store, catalog=catalog, runtime=runtime,
+        dataplane=DataPlane(catalog, runtime), limits=Limits(max_batch=settings.max_batch),
+    )
 
     _register_error_handlers(app)
     auth.init_app(app, db, settings.auth, settings.token_cache_seconds)
 
-    from gateway.http import admin, health
+    @app.after_request
+    def _echo_request_id(response: Any) -> Any:
+        request_id = g.get("request_id")
+        if request_id and "X-Request-Id" not in response.headers:
+            response.headers["X-Request-Id"] = request_id
+        return response
+
+    from gateway.http import admin, health, predict, v2
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(v2.health_bp)
+    app.register_blueprint(v2.bp)
+    app.register_blueprint(predict.bp)
     app.register_blueprint(admin.bp)
     return app

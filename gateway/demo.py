@@ -65,6 +65,14 @@ def fresh_demo_tokens(db: Database) -> dict[str, str]:
     return out
 
 
+def predict_curl(base: str, token: str, row: Any) -> str:
+    """A one-line curl a person can paste: the row's 64 pixel values as JSON."""
+    pixels = ", ".join(f"{float(v):g}" for v in row)
+    body = f'{{"model": "{MODEL}", "inputs": [[{pixels}]]}}'
+    return (f"curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+            f"-d '{body}' {base}/predict")
+
+
 def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str) -> None:
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +84,10 @@ def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str) ->
     service.set_alias(db, MODEL, "challenger", numbers["forest"], "demo", "demo setup")
     demo_tokens = fresh_demo_tokens(db)
     db.dispose()
+    from models.examples import load_test_split
+
+    X, y = load_test_split(workdir / "demo-models")
+    row, label = X[0], int(y[0])
     took = time.monotonic() - started
     print(f"\nmodel-gateway demo: registered {MODEL} versions "
           f"{', '.join(f'{n}={v}' for n, v in numbers.items())} in {took:.1f} s")
@@ -83,9 +95,12 @@ def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str) ->
     for role, token in demo_tokens.items():
         print(f"  {role:8s} {token}")
     base = f"http://{bind}"
-    print("\nTry:")
+    print("\nPredict the first digit of the held-out test split "
+          f"(its true label is {label}):")
+    print(f"  {predict_curl(base, demo_tokens['app'], row)}")
+    print("\nOther things to try:")
     print(f"  curl -s -H 'Authorization: Bearer {demo_tokens['ops']}' {base}/admin/models")
-    print("  .venv/bin/gateway models list        (run from the demo directory)")
+    print("  ../.venv/bin/gateway models list      (from the .demo directory)")
     if serve_after:
         from gateway.serving import serve
 

@@ -6,6 +6,8 @@
 - No `preload_app`: each worker builds its app after fork, so database pools, onnxruntime
   sessions, Redis connections and background threads are never shared across a fork. The cost
   is that each worker loads its own sessions (they are per-process anyway).
+- `worker_exit` stops each worker's background threads and drops its onnxruntime sessions
+  before the interpreter shuts down (onnxruntime aborts if torn down under a live thread).
 - `timeout` bounds a stuck worker; `graceful_timeout` lets SIGTERM finish in-flight requests and
   flush buffered outcomes before the worker exits.
 """
@@ -27,3 +29,12 @@ accesslog = os.environ.get("GATEWAY_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
 wsgi_app = "gateway.app:create_app()"
+# gunicorn >= 24 opens a control socket at one fixed path per user; several gateways on one
+# host (tests, blue/green) would fight over it, and we do not use it.
+control_socket_disable = True
+
+
+def worker_exit(server: object, worker: object) -> None:
+    app = getattr(getattr(worker, "wsgi", None), "extensions", None)
+    if app is not None and "mgw" in app:
+        app["mgw"].close()

@@ -89,7 +89,7 @@ def db(settings: Settings) -> Iterator[Database]:
 def app(settings: Settings) -> Iterator[Flask]:
     application = create_app(settings)
     yield application
-    application.extensions["mgw"].db.dispose()
+    application.extensions["mgw"].close()
 
 
 @pytest.fixture
@@ -127,3 +127,23 @@ def error_of(response: Any) -> dict[str, Any]:
     assert set(body["error"]) == {"code", "message"}, body
     assert body["error"]["message"], body
     return body["error"]
+
+
+@pytest.fixture
+def digits(settings: Settings, db: Database, examples_dir: Path) -> dict[str, Any]:
+    """The example models registered as `digits` 1 (logreg), 2 (forest), 3 (mlp)."""
+    from registry import service
+    from registry.store import ArtifactStore
+
+    store = ArtifactStore(settings.model_store)
+    paths = {}
+    for name in ("logreg", "forest", "mlp"):
+        path = examples_dir / f"{name}.onnx"
+        service.register_version(db, store, "digits", path.read_bytes(), None, "tests",
+                                 settings.max_model_bytes)
+        paths[name] = path
+    import numpy as np
+
+    data = np.load(examples_dir / "digits_test.npz")
+    return {"paths": paths, "X": data["X"], "y": data["y"], "versions": {"logreg": 1,
+                                                                          "forest": 2, "mlp": 3}}

@@ -1,0 +1,45 @@
+"""`POST /predict`: the gateway's own JSON inference route, for applications."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, request
+
+from gateway.app import services
+from gateway.codecs import decode_json_inputs, outputs_for_json
+from gateway.dataplane import request_id_from
+from gateway.http.responses import json_response, read_json_object
+from registry.errors import InvalidInput
+
+bp = Blueprint("predict", __name__)
+
+
+@bp.post("/predict")
+def predict() -> Any:
+    svc = services()
+    g.request_id = request_id = request_id_from(request.headers.get("X-Request-Id"))
+    body = read_json_object(svc.settings.max_body_bytes)
+    unknown = set(body) - {"model", "inputs"}
+    if unknown:
+        raise InvalidInput(f"unknown fields {sorted(unknown)}; send 'model' and 'inputs'")
+    model = body.get("model", request.headers.get("X-Model"))
+    header_model = request.headers.get("X-Model")
+    if header_model is not None and header_model != model:
+        raise InvalidInput("the X-Model header and the body's 'model' name different models")
+    if not isinstance(model, str):
+        raise InvalidInput("name the model in 'model' (a string) or in the X-Model header")
+    if "inputs" not in body:
+        raise InvalidInput("the body has no 'inputs'")
+    inputs = body["inputs"]
+    result = svc.dataplane.infer(
+        model,
+        request.headers.get("X-Model-Version"),
+        lambda version: (decode_json_inputs(inputs, version.inputs, svc.limits), None),
+        request_id,
+    )
+    return json_response(
+        {"request_id": request_id, "model": model, "version": result.version,
+         "outputs": outputs_for_json(result.outputs)},
+        headers={"X-Model-Version": str(result.version), "X-Request-Id": request_id},
+    )

@@ -1,0 +1,131 @@
+"""onnxruntime sessions by artifact sha256: loaded once per worker, warmed, kept in an LRU.
+
+Sessions are keyed by content, so two versions (or two models) with the same bytes share one
+session, and a session can never serve bytes other than those registered. Loading reads the
+artifact through the store, which verifies its sha256: a corrupted file is refused, remembered
+as broken (for `/readyz` and metrics) and re-checked only after a back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from gateway.catalog import VersionInfo
+from registry.errors import Unavailable
+from registry.inspect_onnx import session_options
+from registry.store import ArtifactError, ArtifactStore
+
+log = logging.getLogger(__name__)
+
+BROKEN_RETRY_S = 30.0
+
+
+@dataclass
+class LoadedModel:
+    sha256: str
+    size_bytes: int
+    session: ort.InferenceSession
+
+    def run(
+        self, inputs: dict[str, np.ndarray], outputs: list[str] | None
+    ) -> dict[str, np.ndarray]:
+        names = outputs or [o.name for o in self.session.get_outputs()]
+        values = self.session.run(names, inputs)
+        return dict(zip(names, values, strict=True))
+
+
+def warmup_inputs(version: VersionInfo) -> dict[str, np.ndarray]:
+    """Zeros with every dynamic dimension set to 1: enough to make onnxruntime allocate."""
+    return {
+        spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype)
+        for spec in version.inputs
+    }
+
+
+class ModelRuntime:
+    """Bounded cache of warmed sessions, safe for the worker's threads."""
+
+    def __init__(self, store: ArtifactStore, max_count: int, max_bytes: int,
+                 intra_op_threads: int) -> None:
+        self._store = store
+        self._max_count = max_count
+        self._max_bytes = max_bytes
+        self._threads = intra_op_threads
+        self._sessions: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self.broken: dict[str, tuple[float, str]] = {}
+
+    def get(self, version: VersionInfo) -> LoadedModel:
+        loaded = self._sessions.get(version.sha256)
+        if loaded is not None:
+            with self._lock:
+                if version.sha256 in self._sessions:
+                    self._sessions.move_to_end(version.sha256)
+            return loaded
+        return self._load(version)
+
+    def is_loaded(self, sha256: str) -> bool:
+        return sha256 in self._sessions
+
+    def _load(self, version: VersionInfo) -> LoadedModel:
+        with self._lock:
+            load_lock = self._load_locks.setdefault(version.sha256, threading.Lock())
+        with load_lock:  # one loader per artifact; others wait for its result
+            loaded = self._sessions.get(version.sha256)
+            if loaded is not None:
+                return loaded
+            failure = self.broken.get(version.sha256)
+            if failure is not None and time.monotonic() - failure[0] < BROKEN_RETRY_S:
+                raise Unavailable(f"{version.model} version {version.version} cannot be loaded: "
+                                  f"{failure[1]}")
+            try:
+                data = self._store.read(version.sha256)
+                session = ort.InferenceSession(
+                    data, sess_options=session_options(self._threads),
+                    providers=["CPUExecutionProvider"],
+                )
+                loaded = LoadedModel(version.sha256, len(data), session)
+                loaded.run(warmup_inputs(version), None)
+            except (ArtifactError, Exception) as exc:
+                reason = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
+                self.broken[version.sha256] = (time.monotonic(), reason)
+                log.error("cannot load %s version %s (%s): %s", version.model, version.version,
+                          version.sha256, reason)
+                raise Unavailable(
+                    f"{version.model} version {version.version} cannot be loaded: {reason}"
+                ) from None
+            self.broken.pop(version.sha256, None)
+            with self._lock:
+                self._sessions[version.sha256] = loaded
+                self._bytes += loaded.size_bytes
+                self._evict(keep=version.sha256)
+            return loaded
+
+    def _evict(self, keep: str) -> None:
+        while len(self._sessions) > 1 and (
+            len(self._sessions) > self._max_count or self._bytes > self._max_bytes
+        ):
+            sha, victim = next(iter(self._sessions.items()))
+            if sha == keep:
+                self._sessions.move_to_end(sha)
+                continue
+            del self._sessions[sha]
+            self._bytes -= victim.size_bytes
+
+    def close(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+            self._bytes = 0
+
+    @property
+    def cached(self) -> list[str]:
+        return list(self._sessions)

@@ -1,0 +1,139 @@
+"""A real gunicorn server: tritonclient.http unchanged, bad input, live registration."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+import tritonclient.http as triton_http
+
+from registry import service
+from registry.store import ArtifactStore
+from tests.server import gateway_server
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def server(settings, digits, role_tokens, tmp_path):
+    env = {"GATEWAY_DATABASE_URL": settings.database_url,
+           "GATEWAY_MODEL_STORE": str(settings.model_store)}
+    with gateway_server(env, workers=2, cwd=tmp_path) as base:
+        yield base
+
+
+def _auth(role_tokens, role="app"):
+    return {"Authorization": f"Bearer {role_tokens[role]}"}
+
+
+def _direct(path, X):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["label", "probabilities"], {"input": X})
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_live_ready_metadata_infer(server, digits, role_tokens, binary):
+    client = triton_http.InferenceServerClient(server.removeprefix("http://"))
+    headers = _auth(role_tokens)
+    assert client.is_server_live() and client.is_server_ready()
+    assert "binary_tensor_data" in client.get_server_metadata(headers=headers)["extensions"]
+    assert client.is_model_ready("digits", headers=headers)
+    assert client.is_model_ready("digits", "2", headers=headers)
+    meta = client.get_model_metadata("digits", headers=headers)
+    assert meta["platform"] == "onnxruntime_onnx" and meta["inputs"][0]["shape"] == [-1, 64]
+    X = digits["X"][:5]
+    for version, example in [("", "mlp"), ("1", "logreg"), ("2", "forest")]:
+        inp = triton_http.InferInput("input", list(X.shape), "FP32")
+        inp.set_data_from_numpy(X, binary_data=binary)
+        outputs = [triton_http.InferRequestedOutput("probabilities", binary_data=binary),
+                   triton_http.InferRequestedOutput("label", binary_data=binary)]
+        result = client.infer("digits", [inp], model_version=version, outputs=outputs,
+                              request_id="req-1", headers=headers)
+        response = result.get_response()
+        expected_version = version or "3"
+        assert response["model_version"] == expected_version and response["id"] == "req-1"
+        label, probabilities = _direct(digits["paths"][example], X)
+        np.testing.assert_array_equal(result.as_numpy("label"), label)
+        np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, atol=1e-6,
+                                   rtol=0)
+
+
+def _post(url, body: bytes, headers) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={**headers,
+                                                              "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def _post_raw(base: str, body: bytes, headers) -> tuple[int, dict]:
+    """Send headers, then as much body as the server takes: a 413 may come before the end."""
+    import http.client
+
+    conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    conn.putrequest("POST", "/predict")
+    for key, value in {**headers, "Content-Type": "application/json",
+                       "Content-Length": str(len(body))}.items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        conn.send(body)  # the server may answer early and close; then read what it said
+    response = conn.getresponse()
+    status, payload = response.status, orjson.loads(response.read())
+    conn.close()
+    return status, payload
+
+
+def test_bad_input_does_not_hurt_the_server(server, digits, role_tokens):
+    headers = _auth(role_tokens)
+    bad = [b"{", b"[" * 100_000, orjson.dumps({"model": "digits", "inputs": [["x"] * 64]}),
+           b'{"model":"digits","inputs":[[' + b"1," * 3_000_000 + b"1]]}"]
+    for body in bad:
+        status, payload = _post_raw(server, body, headers)
+        assert 400 <= status < 500 and payload["error"]["code"] and payload["error"]["message"]
+    good = orjson.dumps({"model": "digits", "inputs": [digits["X"][0].tolist()]})
+    status, payload = _post(f"{server}/predict", good, headers)
+    assert status == 200 and payload["version"] == 3
+
+
+def test_new_version_reaches_both_workers_within_a_second(server, settings, digits, db,
+                                                          role_tokens, examples_dir):
+    headers = _auth(role_tokens)
+    body = orjson.dumps({"model": "digits", "inputs": [digits["X"][0].tolist()]})
+    pids = set()
+    for _ in range(40):  # warm both workers on the current newest version (3)
+        with urllib.request.urlopen(f"{server}/healthz") as response:
+            pids.add(orjson.loads(response.read())["pid"])
+        assert _post(f"{server}/predict", body, headers)[1]["version"] == 3
+    assert len(pids) == 2, pids
+    new = service.register_version(
+        db, ArtifactStore(settings.model_store), "digits",
+        _retrained_mlp(examples_dir), None, "tests", settings.max_model_bytes)
+    registered_at = time.monotonic()
+    seen: dict[int, float] = {}
+    while time.monotonic() - registered_at < 5 and len(seen) < 2:
+        with urllib.request.urlopen(f"{server}/healthz") as response:
+            pid = orjson.loads(response.read())["pid"]
+        status, payload = _post(f"{server}/predict", body, headers)
+        assert status == 200
+        if payload["version"] == new["version"] and pid not in seen:
+            seen[pid] = time.monotonic() - registered_at
+    assert len(seen) == 2, seen  # both workers, without a restart
+    assert max(seen.values()) < 1.0, seen
+
+
+def _retrained_mlp(examples_dir) -> bytes:
+    """The mlp file with one more metadata entry: different bytes, same behaviour."""
+    import onnx
+
+    model = onnx.load(str(examples_dir / "mlp.onnx"))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "retrained", "yes"
+    return model.SerializeToString()
