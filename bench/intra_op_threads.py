@@ -59,7 +59,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = build_mlp(Path(tmp) / "mlp.onnx")
-        print("| batch | threads=1 calls/s | threads=2 calls/s | ratio (2/1) | p50 ms 1 | p50 ms 2 |")
+        print("| batch | threads=1 calls/s | threads=2 calls/s | ratio (2/1) "
+              "| p50 ms 1 | p50 ms 2 |")
         print("| --- | --- | --- | --- | --- | --- |")
         for batch in (1, 32):
             ratios, rows = [], []

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from flask import Flask, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -14,8 +15,11 @@ from gateway.catalog import Catalog
 from gateway.codecs import Limits
 from gateway.dataplane import DataPlane
 from gateway.http.responses import json_response
+from gateway.policy_sync import PolicyCache, PolicyChannel
 from gateway.runtime import ModelRuntime
 from gateway.settings import Settings
+from gateway.shadow import ShadowPool
+from gateway.traffic import TrafficAdmin
 from registry.db import Database
 from registry.errors import GatewayError
 from registry.store import ArtifactStore
@@ -48,12 +52,35 @@ class Services:
     runtime: ModelRuntime
     dataplane: DataPlane
     limits: Limits
+    redis: redis.Redis
+    policies: PolicyCache
+    shadows: ShadowPool
+    traffic: TrafficAdmin
 
     def close(self) -> None:
         """Stop background work and release sessions and connections (worker exit, tests)."""
+        self.policies.stop()
         self.catalog.stop()
+        self.shadows.stop()
         self.runtime.close()
+        self.redis.close()
         self.db.dispose()
+
+
+def redis_url_for(settings: Settings) -> str:
+    """The configured Redis, or the embedded one shared by this gateway's processes."""
+    if settings.redis_url:
+        return settings.redis_url
+    from gateway.redis_embedded import EmbeddedRedis
+
+    embedded = EmbeddedRedis(settings.state_dir)
+    embedded.ensure()
+    return embedded.url
+
+
+def connect_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
+                                health_check_interval=15)
 
 
 def services() -> Services:
@@ -101,9 +128,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     catalog = Catalog(db, settings.registry_poll_seconds)
     runtime = ModelRuntime(store, settings.session_cache_count, settings.session_cache_bytes,
                            settings.intra_op_threads)
+    client = connect_redis(redis_url_for(settings))
+    channel = PolicyChannel(client, settings.redis_prefix)
+    policies = PolicyCache(channel, db, settings.policy_refresh_seconds)
+    shadows = ShadowPool(settings.shadow_workers, settings.shadow_queue)
     app.extensions["mgw"] = Services(
         settings=settings, db=db, store=store, catalog=catalog, runtime=runtime,
-        dataplane=DataPlane(catalog, runtime), limits=Limits(max_batch=settings.max_batch),
+        dataplane=DataPlane(catalog, runtime, policies, shadows),
+        limits=Limits(max_batch=settings.max_batch), redis=client, policies=policies,
+        shadows=shadows, traffic=TrafficAdmin(db, catalog, runtime, channel, policies),
     )
 
     _register_error_handlers(app)

@@ -202,7 +202,10 @@ def cmd_models_alias(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def cmd_models_archive(ctx: Context, args: argparse.Namespace) -> None:
-    record = service.archive_version(ctx.db, args.name, args.version, actor(), args.reason)
+    from registry.traffic import versions_with_traffic
+
+    live = versions_with_traffic(ctx.db, args.name)
+    record = service.archive_version(ctx.db, args.name, args.version, actor(), args.reason, live)
     emit(args, record, lambda r: f"archived {r['model']} version {r['version']}")
 
 
@@ -214,12 +217,90 @@ def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
           e["reason"] or "-"] for e in es]))
 
 
+# ---- traffic -------------------------------------------------------------------------------
+
+def _traffic(ctx: Context) -> Any:
+    from gateway.app import connect_redis
+    from gateway.catalog import Catalog
+    from gateway.policy_sync import PolicyChannel
+    from gateway.runtime import ModelRuntime
+    from gateway.traffic import TrafficAdmin
+
+    settings = ctx.settings
+    url = settings.redis_url
+    if url is None:
+        from gateway.redis_embedded import EmbeddedRedis
+
+        embedded = EmbeddedRedis(settings.state_dir)
+        url = embedded.url if embedded.alive() else None
+    channel = PolicyChannel(connect_redis(url), settings.redis_prefix) if url else None
+    catalog = Catalog(ctx.db, settings.registry_poll_seconds)
+    catalog.reload()
+    runtime = ModelRuntime(ctx.store, settings.session_cache_count, settings.session_cache_bytes,
+                           settings.intra_op_threads)
+    return TrafficAdmin(ctx.db, catalog, runtime, channel)
+
+
+def _policy_text(p: dict[str, Any]) -> str:
+    weights = " ".join(f"{v}={w}" for v, w in p["weights"].items()) or "-"
+    shadow = " ".join(f"{v}={s}%" for v, s in p["shadow"].items()) or "-"
+    total = sum(p["weights"].values()) or 1
+    shares = ", ".join(f"v{v} {100 * w / total:.1f}%" for v, w in p["weights"].items())
+    return (f"{p['model']} revision {p['revision']}: weights {weights} ({shares or 'no policy'})"
+            f"; shadow {shadow}\n  updated {p.get('updated_at') or '-'} by "
+            f"{p.get('updated_by') or '-'}: {p.get('reason') or '-'}")
+
+
+def _pairs(items: list[str], what: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        ref, sep, value = item.partition("=")
+        if not sep or not ref:
+            raise CliError(f"{what} must look like VERSION=NUMBER, got {item!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise CliError(f"{what} {item!r}: {value!r} is not a number") from None
+        out[ref] = int(number) if number.is_integer() else number
+    return out
+
+
+def cmd_traffic_show(ctx: Context, args: argparse.Namespace) -> None:
+    emit(args, _traffic(ctx).show(args.name), _policy_text)
+
+
+def cmd_traffic_set(ctx: Context, args: argparse.Namespace) -> None:
+    body = {"weights": _pairs(args.weights, "a weight"),
+            "shadow": _pairs(args.shadow or [], "a shadow percent"), "reason": args.reason}
+    admin = _traffic(ctx)
+    policy = admin.set(args.name, body, actor(), args.if_match)
+    emit(args, policy, _policy_text)
+    if admin.channel is None:
+        print("note: no gateway Redis is reachable; the policy is saved and becomes live when "
+              "a gateway starts", file=sys.stderr)
+
+
+def cmd_traffic_rollback(ctx: Context, args: argparse.Namespace) -> None:
+    emit(args, _traffic(ctx).rollback(args.name, actor(), args.reason), _policy_text)
+
+
+def cmd_traffic_history(ctx: Context, args: argparse.Namespace) -> None:
+    revisions = _traffic(ctx).history(args.name, args.limit)
+    emit(args, revisions, lambda rs: format_table(
+        ["revision", "action", "weights", "shadow", "updated_at", "by", "reason"],
+        [[r["revision"], r["action"], orjson.dumps(r["weights"]).decode(),
+          orjson.dumps(r["shadow"]).decode(), r["updated_at"], r["updated_by"],
+          r["reason"] or "-"] for r in rs]))
+
+
 # ---- serving -------------------------------------------------------------------------------
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> None:
     from gateway.serving import serve
 
-    serve(ctx.settings, bind=args.bind, workers=args.workers)
+    status = serve(ctx.settings, bind=args.bind, workers=args.workers)
+    if status:
+        raise CliError(f"gunicorn exited with status {status}")
 
 
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
@@ -276,6 +357,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("version")
     p.add_argument("--reason", required=True)
+
+    traffic = sub.add_parser("traffic", help="traffic policies").add_subparsers(
+        dest="sub", required=True)
+    p = add(traffic, "show", cmd_traffic_show, "the live policy of a model", json_flag=True)
+    p.add_argument("name")
+    p = add(traffic, "set", cmd_traffic_set, "replace a model's policy: 1=90 2=10",
+            json_flag=True)
+    p.add_argument("name")
+    p.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
+    p.add_argument("--shadow", nargs="*", metavar="VERSION=PERCENT")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--if-match", type=int, help="refuse unless the live revision is this one")
+    p = add(traffic, "rollback", cmd_traffic_rollback, "restore the previous revision",
+            json_flag=True)
+    p.add_argument("name")
+    p.add_argument("--reason", required=True)
+    p = add(traffic, "history", cmd_traffic_history, "every revision of a policy",
+            json_flag=True)
+    p.add_argument("name")
+    p.add_argument("--limit", type=int, default=50)
 
     p = add(sub, "audit", cmd_audit, "who changed what, when and why", json_flag=True)
     p.add_argument("--model")

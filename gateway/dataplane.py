@@ -1,8 +1,9 @@
-"""The one inference path behind `/predict` and `/v2/.../infer`: resolve, decode, run.
+"""The one inference path behind `/predict` and `/v2/.../infer`: route, decode, run, shadow.
 
-Routes translate wire formats and call `DataPlane.infer`; none of them knows about versions,
-weights or sessions. Decoding happens after the version is chosen, because the chosen
-version's signature is what the input is checked against.
+Routes translate wire formats and call `DataPlane.infer`; none of them knows about weights,
+sessions or shadows. Decoding happens after the version is chosen, because the chosen
+version's signature is what the input is checked against. Shadow copies are handed back as
+deferred work that the HTTP layer starts once the response has been sent.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from gateway.catalog import Catalog, Snapshot, VersionInfo
+from gateway.policy import choose_version, shadow_draws
+from gateway.policy_sync import PolicyCache
 from gateway.runtime import ModelRuntime
+from gateway.shadow import ShadowPool
 from registry.errors import GatewayError, InvalidInput, Unavailable
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -35,48 +39,79 @@ def request_id_from(header: str | None) -> str:
     return header
 
 
+@dataclass(frozen=True)
+class Choice:
+    version: VersionInfo
+    reason: str  # weight | sticky | pin | alias | default
+    revision: int | None
+    shadows: tuple[VersionInfo, ...] = ()
+
+
 @dataclass
 class InferenceResult:
     request_id: str
     model: str
     version: int
     reason: str
+    revision: int | None
     outputs: dict[str, np.ndarray]
     model_ms: float
     total_ms: float
+    deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    def run_deferred(self) -> None:
+        """Start work that must not delay the caller (call once the response is out)."""
+        for job in self.deferred:
+            job()
+        self.deferred.clear()
 
 
 class DataPlane:
-    def __init__(self, catalog: Catalog, runtime: ModelRuntime) -> None:
+    def __init__(self, catalog: Catalog, runtime: ModelRuntime, policies: PolicyCache,
+                 shadows: ShadowPool) -> None:
         self.catalog = catalog
         self.runtime = runtime
+        self.policies = policies
+        self.shadows = shadows
         catalog.on_reload(self._warm)
 
     def _warm(self, snapshot: Snapshot) -> None:
-        """Load what unpinned traffic will hit before it arrives, off the request path."""
+        """Load what traffic will hit before it arrives, off the request path."""
         for entry in snapshot.models.values():
-            latest = entry.latest_live
-            if latest is not None and not self.runtime.is_loaded(latest.sha256):
-                # a failure is recorded by the runtime as broken; requests will say why
-                with contextlib.suppress(GatewayError):
-                    self.runtime.get(latest)
+            wanted = {entry.latest_live} if entry.latest_live else set()
+            policy = self.policies.get(entry.name)
+            if policy is not None:
+                wanted |= {entry.versions[v] for v in policy.versions() if v in entry.versions}
+            for version in wanted:
+                if version is not None and not self.runtime.is_loaded(version.sha256):
+                    # a failure is recorded by the runtime as broken; requests will say why
+                    with contextlib.suppress(GatewayError):
+                        self.runtime.get(version)
 
-    def choose(self, model: str, version_ref: str | None) -> tuple[VersionInfo, str]:
-        """A pinned version or alias when asked for; otherwise the newest live version."""
+    def choose(self, model: str, version_ref: str | None, routing_key: str | None = None
+               ) -> Choice:
+        """Pinned version or alias; else the traffic policy; else the newest live version."""
+        policy = self.policies.get(model)
+        revision = policy.revision if policy is not None else None
         if version_ref is not None:
-            return self.catalog.version(model, version_ref.strip())
-        entry = self.catalog.model(model)
-        latest = entry.latest_live
+            version, reason = self.catalog.version(model, version_ref.strip())
+            return Choice(version, reason, revision)
+        if policy is not None and policy.live:
+            number, reason = choose_version(policy, routing_key)
+            version, _ = self.catalog.version(model, number)
+            shadows = tuple(self.catalog.version(model, v)[0] for v in shadow_draws(policy))
+            return Choice(version, reason, revision, shadows)
+        latest = self.catalog.model(model).latest_live
         if latest is None:
             raise Unavailable(f"model {model!r} has no version that can serve (all archived)")
-        return latest, "default"
+        return Choice(latest, "default", revision)
 
-    def infer(self, model: str, version_ref: str | None, decode: Decoder,
-              request_id: str) -> InferenceResult:
+    def infer(self, model: str, version_ref: str | None, decode: Decoder, request_id: str,
+              routing_key: str | None = None) -> InferenceResult:
         started = time.perf_counter()
-        version, reason = self.choose(model, version_ref)
-        inputs, wanted = decode(version)
-        loaded = self.runtime.get(version)
+        choice = self.choose(model, version_ref, routing_key)
+        inputs, wanted = decode(choice.version)
+        loaded = self.runtime.get(choice.version)
         run_started = time.perf_counter()
         try:
             outputs = loaded.run(inputs, wanted)
@@ -84,12 +119,21 @@ class DataPlane:
             message = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
             raise InvalidInput(f"the model could not run on this input: {message}") from None
         finished = time.perf_counter()
-        return InferenceResult(
-            request_id=request_id,
-            model=model,
-            version=version.version,
-            reason=reason,
-            outputs=outputs,
-            model_ms=(finished - run_started) * 1000,
-            total_ms=(finished - started) * 1000,
+        result = InferenceResult(
+            request_id=request_id, model=model, version=choice.version.version,
+            reason=choice.reason, revision=choice.revision, outputs=outputs,
+            model_ms=(finished - run_started) * 1000, total_ms=(finished - started) * 1000,
         )
+        for shadow in choice.shadows:
+            result.deferred.append(self._shadow_job(shadow, inputs, result))
+        return result
+
+    def _shadow_job(self, version: VersionInfo, inputs: dict[str, np.ndarray],
+                    primary: InferenceResult) -> Callable[[], None]:
+        def run() -> None:
+            self.runtime.get(version).run(inputs, None)
+
+        def submit() -> None:
+            self.shadows.submit(run)
+
+        return submit

@@ -73,6 +73,27 @@ def predict_curl(base: str, token: str, row: Any) -> str:
             f"-d '{body}' {base}/predict")
 
 
+def demo_policy(settings: Settings, db: Database, store: ArtifactStore,
+                numbers: dict[str, int]) -> dict[str, Any]:
+    """90/10 between logreg and mlp with forest as a 100% shadow, set once (re-runs keep the
+    policy a person may have changed since)."""
+    from gateway.catalog import Catalog
+    from gateway.runtime import ModelRuntime
+    from gateway.traffic import TrafficAdmin
+    from registry.traffic import live_policy
+
+    current = live_policy(db, MODEL)
+    if current is not None:
+        return current
+    catalog = Catalog(db, settings.registry_poll_seconds)
+    catalog.reload()
+    runtime = ModelRuntime(store, 8, settings.session_cache_bytes, 1)
+    admin = TrafficAdmin(db, catalog, runtime, channel=None)
+    body = {"weights": {str(numbers["logreg"]): 90, str(numbers["mlp"]): 10},
+            "shadow": {str(numbers["forest"]): 100}, "reason": "demo: 10% canary of mlp"}
+    return admin.set(MODEL, body, "demo", None)
+
+
 def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str) -> None:
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +102,8 @@ def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str) ->
     store = ArtifactStore(settings.model_store)
     numbers = register_examples(db, store, workdir / "demo-models", settings.max_model_bytes)
     service.set_alias(db, MODEL, "champion", numbers["logreg"], "demo", "demo setup")
-    service.set_alias(db, MODEL, "challenger", numbers["forest"], "demo", "demo setup")
+    service.set_alias(db, MODEL, "challenger", numbers["mlp"], "demo", "demo setup")
+    policy = demo_policy(settings, db, store, numbers)
     demo_tokens = fresh_demo_tokens(db)
     db.dispose()
     from models.examples import load_test_split
@@ -98,6 +120,14 @@ def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str) ->
     print("\nPredict the first digit of the held-out test split "
           f"(its true label is {label}):")
     print(f"  {predict_curl(base, demo_tokens['app'], row)}")
+    print(f"\nTraffic: revision {policy['revision']}, weights {policy['weights']} "
+          f"(logreg 90% / mlp 10%), shadow {policy['shadow']} (forest sees a copy of every "
+          "routed request). Change it with:")
+    print(f"  ../.venv/bin/gateway traffic show {MODEL}")
+    print(f"  ../.venv/bin/gateway traffic set {MODEL} {numbers['logreg']}=50 "
+          f"{numbers['mlp']}=50 --shadow {numbers['forest']}=100 --reason 'widen the canary'")
+    print(f"  ../.venv/bin/gateway traffic rollback {MODEL} --reason 'back to 90/10'")
+    print(f"  ../.venv/bin/gateway traffic history {MODEL}")
     print("\nOther things to try:")
     print(f"  curl -s -H 'Authorization: Bearer {demo_tokens['ops']}' {base}/admin/models")
     print("  ../.venv/bin/gateway models list      (from the .demo directory)")

@@ -59,6 +59,10 @@ class Settings:
     intra_op_threads: int = 1
     registry_poll_seconds: float = 0.5
     redis_prefix: str = "mgw:"
+    state_dir: Path = Path(".gateway")
+    shadow_workers: int = 1
+    shadow_queue: int = 64
+    policy_refresh_seconds: float = 1.0
     token_cache_seconds: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -93,6 +97,9 @@ class Settings:
             ),
             intra_op_threads=_int(env, "GATEWAY_INTRA_OP_THREADS", defaults.intra_op_threads, 0),
             redis_prefix=env.get("GATEWAY_REDIS_PREFIX") or defaults.redis_prefix,
+            state_dir=Path(env.get("GATEWAY_STATE_DIR") or defaults.state_dir),
+            shadow_workers=_int(env, "GATEWAY_SHADOW_WORKERS", defaults.shadow_workers, 1),
+            shadow_queue=_int(env, "GATEWAY_SHADOW_QUEUE", defaults.shadow_queue, 1),
         )
 
     def with_(self, **changes: Any) -> Settings:

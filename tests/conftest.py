@@ -72,10 +72,40 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         drop_pg_database(admin, url)
 
 
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own on the shared test Redis; its keys are deleted after."""
+    import redis
+
+    prefix = f"mgwtest:{uuid.uuid4().hex[:10]}:"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required for these tests ({REDIS_URL}): {exc}")
+    yield prefix
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, redis_prefix: str) -> Settings:
     return Settings(database_url=database_url, model_store=tmp_path / "store", auth=True,
-                    max_model_bytes=8 * 1024 * 1024)
+                    max_model_bytes=8 * 1024 * 1024, redis_url=REDIS_URL,
+                    redis_prefix=redis_prefix, state_dir=tmp_path / "state")
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    """The environment a `gateway serve` process needs to share this test's stores."""
+    return {"GATEWAY_DATABASE_URL": settings.database_url,
+            "GATEWAY_MODEL_STORE": str(settings.model_store),
+            "GATEWAY_REDIS_URL": settings.redis_url or "",
+            "GATEWAY_REDIS_PREFIX": settings.redis_prefix,
+            "GATEWAY_STATE_DIR": str(settings.state_dir)}
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import tritonclient.http as triton_http
 
 from registry import service
 from registry.store import ArtifactStore
+from tests.conftest import server_env
 from tests.server import gateway_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -21,9 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture
 def server(settings, digits, role_tokens, tmp_path):
-    env = {"GATEWAY_DATABASE_URL": settings.database_url,
-           "GATEWAY_MODEL_STORE": str(settings.model_store)}
-    with gateway_server(env, workers=2, cwd=tmp_path) as base:
+    with gateway_server(server_env(settings), workers=2, cwd=tmp_path) as base:
         yield base
 
 

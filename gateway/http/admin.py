@@ -9,7 +9,9 @@ from flask import Blueprint, g, request
 
 from gateway.app import services
 from gateway.http.responses import json_response, read_json_object
+from gateway.traffic import parse_if_match
 from registry import service
+from registry import traffic as traffic_sql
 from registry.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from registry.names import check_model_name
 
@@ -28,7 +30,11 @@ def _reason(body: dict[str, Any]) -> str | None:
 
 @bp.get("/models")
 def list_models() -> Any:
-    return json_response({"models": service.list_models(services().db)})
+    svc = services()
+    models = service.list_models(svc.db)
+    for model in models:
+        model["traffic"] = svc.traffic.show(model["model"])
+    return json_response({"models": models})
 
 
 @bp.post("/models/<name>/versions")
@@ -89,9 +95,39 @@ def delete_alias(name: str, alias: str) -> Any:
 
 @bp.post("/models/<name>/versions/<ref>/archive")
 def archive(name: str, ref: str) -> Any:
-    body = read_json_object(services().settings.max_body_bytes) if request.content_length else {}
-    record = service.archive_version(services().db, name, ref, g.actor, _reason(body))
+    svc = services()
+    body = read_json_object(svc.settings.max_body_bytes) if request.content_length else {}
+    live = traffic_sql.versions_with_traffic(svc.db, name)
+    record = service.archive_version(svc.db, name, ref, g.actor, _reason(body), live)
     return json_response(record)
+
+
+@bp.get("/models/<name>/traffic")
+def get_traffic(name: str) -> Any:
+    policy = services().traffic.show(name)
+    return json_response(policy, headers={"ETag": f'"{policy["revision"]}"'})
+
+
+@bp.put("/models/<name>/traffic")
+def put_traffic(name: str) -> Any:
+    svc = services()
+    body = read_json_object(svc.settings.max_body_bytes)
+    policy = svc.traffic.set(name, body, g.actor, parse_if_match(request.headers.get("If-Match")))
+    return json_response(policy, headers={"ETag": f'"{policy["revision"]}"'})
+
+
+@bp.post("/models/<name>/rollback")
+def rollback(name: str) -> Any:
+    svc = services()
+    body = read_json_object(svc.settings.max_body_bytes) if request.content_length else {}
+    policy = svc.traffic.rollback(name, g.actor, _reason(body),
+                                  parse_if_match(request.headers.get("If-Match")))
+    return json_response(policy, headers={"ETag": f'"{policy["revision"]}"'})
+
+
+@bp.get("/models/<name>/traffic/history")
+def traffic_history(name: str) -> Any:
+    return json_response({"model": name, "revisions": services().traffic.history(name)})
 
 
 @bp.get("/audit")

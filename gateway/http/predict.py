@@ -37,9 +37,20 @@ def predict() -> Any:
         request.headers.get("X-Model-Version"),
         lambda version: (decode_json_inputs(inputs, version.inputs, svc.limits), None),
         request_id,
+        routing_key(),
     )
-    return json_response(
+    response = json_response(
         {"request_id": request_id, "model": model, "version": result.version,
          "outputs": outputs_for_json(result.outputs)},
         headers={"X-Model-Version": str(result.version), "X-Request-Id": request_id},
     )
+    response.call_on_close(result.run_deferred)
+    return response
+
+
+def routing_key() -> str | None:
+    """`X-Routing-Key`, bounded so a huge header cannot cost hashing time."""
+    key = request.headers.get("X-Routing-Key")
+    if key is not None and not 1 <= len(key) <= 256:
+        raise InvalidInput("X-Routing-Key must be 1 to 256 characters")
+    return key

@@ -17,6 +17,7 @@ from gateway.app import services
 from gateway.catalog import VersionInfo
 from gateway.codecs import decode_v2_request, encode_v2_response
 from gateway.dataplane import REQUEST_ID, request_id_from
+from gateway.http.predict import routing_key
 from gateway.http.responses import json_response, read_body
 from registry.errors import GatewayError, InvalidInput
 
@@ -74,8 +75,8 @@ def _live_versions(name: str) -> list[int]:
 
 @bp.get("/models/<name>")
 def model_metadata(name: str) -> Any:
-    version, _ = services().dataplane.choose(name, None)
-    return json_response(_metadata(version, _live_versions(name)))
+    choice = services().dataplane.choose(name, None)
+    return json_response(_metadata(choice.version, _live_versions(name)))
 
 
 @bp.get("/models/<name>/versions/<ref>")
@@ -88,7 +89,7 @@ def version_metadata(name: str, ref: str) -> Any:
 
 def _readiness(name: str, ref: str | None) -> Any:
     svc = services()
-    version, _ = svc.dataplane.choose(name, ref)
+    version = svc.dataplane.choose(name, ref).version
     try:
         svc.runtime.get(version)
     except GatewayError as exc:
@@ -128,7 +129,7 @@ def _infer(name: str, ref: str | None) -> Response:
     header_id = request.headers.get("X-Request-Id")
     request_id = request_id_from(header_id)
     g.request_id = request_id
-    result = svc.dataplane.infer(name, ref, decode, request_id)
+    result = svc.dataplane.infer(name, ref, decode, request_id, routing_key())
     req = parsed["request"]
     if header_id is None and req.id is not None and REQUEST_ID.fullmatch(req.id):
         result.request_id = req.id
@@ -136,7 +137,9 @@ def _infer(name: str, ref: str | None) -> Response:
                                           req.outputs, req.binary_output_default)
     headers["X-Model-Version"] = str(result.version)
     headers["X-Request-Id"] = result.request_id
-    return Response(payload, status=200, headers=headers)
+    response = Response(payload, status=200, headers=headers)
+    response.call_on_close(result.run_deferred)
+    return response
 
 
 @bp.post("/models/<name>/infer")

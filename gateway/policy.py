@@ -1,0 +1,134 @@
+"""Traffic policies and how one picks a version: weighted random, sticky keys, shadow draws.
+
+Sticky keys use weighted rendezvous hashing (HRW): for key k, every version v with weight w_v
+gets the score -ln(h(model, k, v)) / w_v, with h a uniform hash in (0, 1); the lowest score wins.
+Each version wins for a share of keys equal to its share of the weight, a key keeps its version
+while the policy is unchanged, and a weight change only moves keys to the versions that gained
+weight, never between versions that did not: going from 50/50 to 60/40 moves 10% of keys (the
+minimum possible), where a cumulative-range split would do no better for two versions and much
+worse for three or more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from registry.errors import InvalidInput
+
+MAX_WEIGHT = 1_000_000
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """An immutable policy: a request sees one of these whole, never half of a change."""
+
+    model: str
+    revision: int
+    weights: tuple[tuple[int, int], ...]  # (version, weight), sorted by version
+    shadow: tuple[tuple[int, float], ...]  # (version, percent)
+    updated_at: str | None = None
+    updated_by: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrafficPolicy:
+        return cls(
+            model=data["model"],
+            revision=int(data["revision"]),
+            weights=tuple(sorted((int(v), int(w)) for v, w in data["weights"].items())),
+            shadow=tuple(sorted((int(v), float(p)) for v, p in data["shadow"].items())),
+            updated_at=data.get("updated_at"),
+            updated_by=data.get("updated_by"),
+            reason=data.get("reason"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "revision": self.revision,
+            "weights": {str(v): w for v, w in self.weights},
+            "shadow": {str(v): _number(p) for v, p in self.shadow},
+            "updated_at": self.updated_at,
+            "updated_by": self.updated_by,
+            "reason": self.reason,
+        }
+
+    @property
+    def live(self) -> tuple[tuple[int, int], ...]:
+        return tuple((v, w) for v, w in self.weights if w > 0)
+
+    def versions(self) -> set[int]:
+        return {v for v, _ in self.weights} | {v for v, _ in self.shadow}
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def _unit_hash(*parts: str) -> float:
+    """A uniform number in (0, 1) from the parts; stable across processes and machines."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") + 0.5) / 2**64
+
+
+def choose_version(policy: TrafficPolicy, routing_key: str | None,
+                   rng: random.Random | None = None) -> tuple[int, str]:
+    """The version for one unpinned request and why: `sticky` with a key, else `weight`."""
+    live = policy.live
+    if len(live) == 1:
+        return live[0][0], "sticky" if routing_key is not None else "weight"
+    if routing_key is not None:
+        best = min(live, key=lambda vw: -math.log(
+            _unit_hash(policy.model, routing_key, str(vw[0]))) / vw[1])
+        return best[0], "sticky"
+    point = (rng or random).random() * sum(w for _, w in live)
+    for version, weight in live:
+        point -= weight
+        if point < 0:
+            return version, "weight"
+    return live[-1][0], "weight"
+
+
+def shadow_draws(policy: TrafficPolicy, rng: random.Random | None = None) -> list[int]:
+    """Shadow versions that get a copy of this request, each with its percent's probability."""
+    draw = (rng or random).random
+    return [v for v, percent in policy.shadow if percent >= 100 or draw() * 100 < percent]
+
+
+def parse_policy_body(body: dict[str, Any]) -> tuple[dict[str, int], dict[str, float],
+                                                        str | None]:
+    """Check the shape of a PUT body; versions are resolved and checked against the registry
+    later. Returns weights and shadow keyed by the caller's version references."""
+    unknown = set(body) - {"weights", "shadow", "reason"}
+    if unknown:
+        raise InvalidInput(f"unknown fields {sorted(unknown)}; send weights, shadow, reason")
+    weights = body.get("weights")
+    if not isinstance(weights, dict) or not weights:
+        raise InvalidInput('weights must be a non-empty object: {"<version>": <integer>, ...}')
+    parsed_weights: dict[str, int] = {}
+    for ref, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise InvalidInput(f"weight of version {ref} must be a non-negative integer, "
+                               f"got {weight!r}")
+        if weight < 0 or weight > MAX_WEIGHT:
+            raise InvalidInput(f"weight of version {ref} must be between 0 and {MAX_WEIGHT}")
+        parsed_weights[ref] = weight
+    if sum(parsed_weights.values()) == 0:
+        raise InvalidInput("all weights are zero: at least one version must take traffic")
+    shadow = body.get("shadow") or {}
+    if not isinstance(shadow, dict):
+        raise InvalidInput('shadow must be an object: {"<version>": <percent 0-100>, ...}')
+    parsed_shadow: dict[str, float] = {}
+    for ref, percent in shadow.items():
+        if (isinstance(percent, bool) or not isinstance(percent, int | float)
+                or not math.isfinite(percent) or not 0 <= percent <= 100):
+            raise InvalidInput(f"shadow percent of version {ref} must be a number from 0 to 100")
+        parsed_shadow[ref] = int(percent) if float(percent).is_integer() else float(percent)
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
+        raise InvalidInput("reason must be a string of at most 2000 characters")
+    return parsed_weights, parsed_shadow, reason

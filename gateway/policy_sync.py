@@ -1,0 +1,196 @@
+"""The live traffic policies in Redis, and each worker's in-process copy of them.
+
+Redis holds one JSON document per model (`<prefix>policy:<model>`), written whole by a Lua
+script that refuses to replace a newer revision, and announces each write on a pub/sub channel.
+Every worker keeps a dict of immutable `TrafficPolicy` objects, updated by a background thread
+from pub/sub messages (sub-second) and by a full re-read every `refresh_seconds` (a safety net
+for a missed message). The hot path reads only the dict. When Redis is unreachable the copy
+stays as it was; when Redis comes back empty, the live policies are rebuilt from SQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import orjson
+import redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.policy import TrafficPolicy
+from registry.db import Database
+from registry.traffic import all_live_policies
+
+log = logging.getLogger(__name__)
+
+SET_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and tonumber(decoded['revision']) >= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PUBLISH', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+class PolicyChannel:
+    """Reads and writes the live policies in Redis under one key prefix."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.models_key = f"{prefix}policies"
+        self.channel = f"{prefix}policy-changes"
+        self.restored_key = f"{prefix}policies-restored"
+        self._set_if_newer = client.register_script(SET_IF_NEWER)
+
+    def key(self, model: str) -> str:
+        return f"{self.prefix}policy:{model}"
+
+    def publish(self, policy: dict[str, Any]) -> bool:
+        """Make `policy` live unless Redis already holds a newer revision."""
+        document = orjson.dumps({k: v for k, v in policy.items() if k != "action"})
+        result = self._set_if_newer(
+            keys=[self.key(policy["model"]), self.models_key, self.channel],
+            args=[document, policy["revision"], policy["model"]],
+        )
+        return bool(result)
+
+    def read(self, model: str) -> TrafficPolicy | None:
+        raw = self.client.get(self.key(model))
+        return TrafficPolicy.from_dict(orjson.loads(raw)) if raw else None
+
+    def read_all(self) -> dict[str, TrafficPolicy]:
+        models = sorted(m.decode() if isinstance(m, bytes) else m
+                        for m in self.client.smembers(self.models_key))
+        if not models:
+            return {}
+        raws = self.client.mget([self.key(m) for m in models])
+        return {m: TrafficPolicy.from_dict(orjson.loads(r)) for m, r in zip(models, raws,
+                                                                           strict=True) if r}
+
+    def restore_from_sql(self, db: Database) -> int:
+        """Rebuild the live policies from the registry (Redis restarted empty, or fell behind)."""
+        restored = sum(self.publish(p) for p in all_live_policies(db))
+        self.client.set(self.restored_key, "1")
+        return restored
+
+    def needs_restore(self) -> bool:
+        return not self.client.exists(self.restored_key)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+
+class PolicyCache:
+    """This process's copy of every live policy, kept fresh by one background thread."""
+
+    def __init__(self, channel: PolicyChannel, db: Database, refresh_seconds: float = 1.0
+                 ) -> None:
+        self._channel = channel
+        self._db = db
+        self._refresh = refresh_seconds
+        self._policies: dict[str, TrafficPolicy] = {}
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.redis_ok = False
+        self.last_error: str | None = None
+        self.loaded = threading.Event()
+
+    def get(self, model: str) -> TrafficPolicy | None:
+        self.ensure_started()
+        return self._policies.get(model)
+
+    def all(self) -> dict[str, TrafficPolicy]:
+        self.ensure_started()
+        return dict(self._policies)
+
+    def ensure_started(self) -> None:
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        with self._lock:
+            if self._pid == pid:
+                return
+            self._pid = pid
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="policy-sync", daemon=True)
+            self._thread.start()
+        self.loaded.wait(2.0)  # the first request should see the policies, not the defaults
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def apply(self, policy: TrafficPolicy) -> None:
+        """Install a policy this process just wrote, without waiting for the round trip."""
+        current = self._policies.get(policy.model)
+        if current is None or current.revision < policy.revision:
+            self._policies = {**self._policies, policy.model: policy}
+
+    # -- background thread -------------------------------------------------------------------
+
+    def _reload_all(self) -> None:
+        if self._channel.needs_restore():
+            try:
+                count = self._channel.restore_from_sql(self._db)
+                log.info("restored %d live traffic policies from the registry", count)
+            except SQLAlchemyError as exc:
+                log.warning("cannot restore policies from the registry yet: %s", exc)
+        fresh = self._channel.read_all()
+        merged = dict(self._policies)
+        for model, policy in fresh.items():
+            if model not in merged or merged[model].revision <= policy.revision:
+                merged[model] = policy
+        self._policies = merged
+        self.loaded.set()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self._channel.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self._channel.channel)
+                self._reload_all()
+                self.redis_ok, self.last_error, backoff = True, None, 0.1
+                next_full = time.monotonic() + self._refresh
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is not None and message.get("type") == "message":
+                        model = message["data"]
+                        model = model.decode() if isinstance(model, bytes) else model
+                        policy = self._channel.read(model)
+                        if policy is not None:
+                            self.apply(policy)
+                    if time.monotonic() >= next_full:
+                        self._reload_all()
+                        next_full = time.monotonic() + self._refresh
+            except redis.RedisError as exc:
+                if self.redis_ok or self.last_error is None:
+                    log.warning("Redis unreachable; serving the last known policies: %s", exc)
+                self.redis_ok = False
+                self.last_error = f"Redis unreachable: {exc.__class__.__name__}"
+                self.loaded.set()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:  # never let the sync thread die; it is the only refresh path
+                log.exception("policy sync failed")
+                self._stop.wait(1.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):  # closing a broken connection
+                        pubsub.close()

@@ -1,0 +1,151 @@
+"""Changing traffic policies: validate against the registry, record in SQL, publish to Redis.
+
+Shared by the admin API and the CLI so both refuse the same things the same way. A change is
+accepted only when Redis is reachable (otherwise it could not take effect), every version exists,
+is not archived, loads in onnxruntime and accepts the same inputs as the others, and no version
+is both primary and shadow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from gateway.catalog import Catalog, VersionInfo
+from gateway.policy import TrafficPolicy, parse_policy_body
+from gateway.policy_sync import PolicyCache, PolicyChannel
+from gateway.runtime import ModelRuntime
+from registry import traffic as sql_traffic
+from registry.db import Database
+from registry.errors import Conflict, GatewayError, InvalidInput, NotFound, Unavailable
+
+REDIS_DOWN = ("Redis is unreachable, so traffic changes are refused until it returns; requests "
+              "are still served on the last policy each worker knows")
+
+
+def parse_if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    cleaned = value.strip().strip('"').removeprefix("W/").strip('"')
+    if not cleaned.isdigit():
+        raise InvalidInput("If-Match must be a policy revision number")
+    return int(cleaned)
+
+
+class TrafficAdmin:
+    def __init__(self, db: Database, catalog: Catalog, runtime: ModelRuntime,
+                 channel: PolicyChannel | None, cache: PolicyCache | None = None) -> None:
+        """`channel` None: no gateway is running (CLI, embedded Redis down); changes are
+        recorded in SQL only and become live when a gateway starts and restores them."""
+        self.db = db
+        self.catalog = catalog
+        self.runtime = runtime
+        self.channel = channel
+        self.cache = cache
+
+    def show(self, model: str) -> dict[str, Any]:
+        self.catalog.model(model)  # 404 for unknown models
+        try:
+            live = self.channel.read(model) if self.channel else None
+        except redis.RedisError:
+            live = self.cache.get(model) if self.cache else None
+        if live is not None:
+            return live.to_dict()
+        stored = sql_traffic.live_policy(self.db, model)
+        if stored is not None:
+            stored.pop("action", None)
+            return stored
+        return {"model": model, "revision": 0, "weights": {}, "shadow": {}, "updated_at": None,
+                "updated_by": None, "reason": None}
+
+    def history(self, model: str, limit: int = 100) -> list[dict[str, Any]]:
+        return sql_traffic.history(self.db, model, limit)
+
+    def _resolve(self, model: str, refs: dict[str, Any], what: str) -> dict[int, Any]:
+        resolved: dict[int, Any] = {}
+        for ref, value in refs.items():
+            try:
+                version, _ = self.catalog.version(model, ref)
+            except NotFound as exc:
+                raise InvalidInput(f"{what}: {exc.message}") from None
+            if version.version in resolved:
+                raise InvalidInput(f"{what}: version {version.version} is named twice")
+            resolved[version.version] = (version, value)
+        return resolved
+
+    def _check_loadable(self, versions: list[VersionInfo]) -> None:
+        for version in versions:
+            try:
+                self.runtime.get(version)
+            except GatewayError as exc:
+                raise InvalidInput(f"version {version.version} fails to load: {exc.message}"
+                                   ) from None
+        first = versions[0]
+        for version in versions[1:]:
+            if version.inputs != first.inputs:
+                raise InvalidInput(
+                    f"versions {first.version} and {version.version} take different inputs; "
+                    "a policy can only mix versions that accept the same requests"
+                )
+
+    def _publish(self, policy: dict[str, Any]) -> dict[str, Any]:
+        if self.channel is None:
+            return TrafficPolicy.from_dict(policy).to_dict()
+        try:
+            self.channel.publish(policy)
+        except redis.RedisError:
+            raise Unavailable(
+                f"revision {policy['revision']} is saved in the registry but Redis is "
+                "unreachable; it becomes live when Redis returns"
+            ) from None
+        live = TrafficPolicy.from_dict(policy)
+        if self.cache is not None:
+            self.cache.apply(live)
+        return live.to_dict()
+
+    def set(self, model: str, body: Any, actor: str, if_match: int | None) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be a JSON object with weights, shadow, reason")
+        weights, shadow, reason = parse_policy_body(body)
+        self.catalog.model(model)
+        if self.channel is not None and not self.channel.ping():
+            raise Unavailable(REDIS_DOWN)
+        self.catalog.reload()  # archive state and aliases as of now, not as of the last poll
+        primary = self._resolve(model, weights, "weights")
+        copies = self._resolve(model, shadow, "shadow")
+        both = sorted(set(primary) & set(copies))
+        if both:
+            raise InvalidInput(f"version(s) {both} cannot be both primary and shadow")
+        self._check_loadable([v for v, _ in primary.values()] + [v for v, _ in copies.values()])
+        stored = sql_traffic.append_revision(
+            self.db, model,
+            weights={str(n): w for n, (_, w) in sorted(primary.items())},
+            shadow={str(n): p for n, (_, p) in sorted(copies.items())},
+            actor=actor, reason=reason, if_match=if_match,
+        )
+        return self._publish(stored)
+
+    def rollback(self, model: str, actor: str, reason: str | None,
+                 if_match: int | None = None) -> dict[str, Any]:
+        self.catalog.model(model)
+        if self.channel is not None and not self.channel.ping():
+            raise Unavailable(REDIS_DOWN)
+        target, current = sql_traffic.rollback_target(self.db, model)
+        if if_match is not None and if_match != current:
+            raise Conflict(f"the policy of {model!r} is at revision {current}, not {if_match}")
+        self.catalog.reload()
+        versions = []
+        for ref in list(target["weights"]) + list(target["shadow"]):
+            try:
+                versions.append(self.catalog.version(model, ref)[0])
+            except NotFound as exc:
+                raise Conflict(f"cannot roll back to revision {target['revision']}: "
+                               f"{exc.message}") from None
+        self._check_loadable(versions)
+        stored = sql_traffic.append_revision(
+            self.db, model, weights=target["weights"], shadow=target["shadow"], actor=actor,
+            reason=reason or f"rollback to revision {target['revision']}", if_match=current,
+            action="rollback",
+        )
+        return self._publish(stored)
