@@ -57,6 +57,11 @@ class Services:
     shadows: ShadowPool
     traffic: TrafficAdmin
 
+    def start(self) -> None:
+        """Start this process's background refreshers now rather than on the first request."""
+        self.catalog.ensure_started()
+        self.policies.ensure_started()
+
     def close(self) -> None:
         """Stop background work and release sessions and connections (worker exit, tests)."""
         self.policies.stop()

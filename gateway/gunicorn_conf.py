@@ -34,6 +34,12 @@ wsgi_app = "gateway.app:create_app()"
 control_socket_disable = True
 
 
+def post_worker_init(worker: object) -> None:
+    app = getattr(getattr(worker, "wsgi", None), "extensions", None)
+    if app is not None and "mgw" in app:
+        app["mgw"].start()
+
+
 def worker_exit(server: object, worker: object) -> None:
     app = getattr(getattr(worker, "wsgi", None), "extensions", None)
     if app is not None and "mgw" in app:

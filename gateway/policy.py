@@ -115,7 +115,8 @@ def parse_policy_body(body: dict[str, Any]) -> tuple[dict[str, int], dict[str, f
             raise InvalidInput(f"weight of version {ref} must be a non-negative integer, "
                                f"got {weight!r}")
         if weight < 0 or weight > MAX_WEIGHT:
-            raise InvalidInput(f"weight of version {ref} must be between 0 and {MAX_WEIGHT}")
+            raise InvalidInput(f"weight of version {ref} must be a non-negative integer "
+                               f"up to {MAX_WEIGHT}")
         parsed_weights[ref] = weight
     if sum(parsed_weights.values()) == 0:
         raise InvalidInput("all weights are zero: at least one version must take traffic")

@@ -143,6 +143,14 @@ class PolicyCache:
 
     # -- background thread -------------------------------------------------------------------
 
+    def _load_from_sql(self) -> None:
+        """A worker that starts while Redis is down still routes by the recorded policies."""
+        try:
+            for stored in all_live_policies(self._db):
+                self.apply(TrafficPolicy.from_dict(stored))
+        except SQLAlchemyError as exc:
+            log.warning("cannot read policies from the registry either: %s", exc)
+
     def _reload_all(self) -> None:
         if self._channel.needs_restore():
             try:
@@ -184,6 +192,8 @@ class PolicyCache:
                     log.warning("Redis unreachable; serving the last known policies: %s", exc)
                 self.redis_ok = False
                 self.last_error = f"Redis unreachable: {exc.__class__.__name__}"
+                if not self.loaded.is_set():
+                    self._load_from_sql()
                 self.loaded.set()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)

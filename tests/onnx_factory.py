@@ -44,3 +44,36 @@ def checker_failing_model() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def slow_digits_model(width: int = 1024, layers: int = 128) -> bytes:
+    """Takes the digits input (`input` float [N, 64]) and burns CPU: a deep, wide MatMul chain
+    that re-uses one hidden weight matrix, so the file stays small (~4 MB) while each row costs
+    `layers * width**2` multiply-adds.
+
+    Its outputs are named like the examples' so it can stand in as a (slow) shadow version.
+    """
+    rng = np.random.default_rng(0)
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])]
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10]),
+               helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])]
+    weights = {
+        "w_in": rng.standard_normal((64, width)) / 8.0,
+        "w_hidden": rng.standard_normal((width, width)) / np.sqrt(width),
+        "w_out": rng.standard_normal((width, 10)) / np.sqrt(width),
+    }
+    inits = [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()]
+    nodes, current = [], "input"
+    for i, name in enumerate(["w_in"] + ["w_hidden"] * layers + ["w_out"]):
+        nodes.append(helper.make_node("MatMul", [current, name], [f"m{i}"]))
+        current = f"m{i}"
+        if name != "w_out":
+            nodes.append(helper.make_node("Tanh", [current], [f"t{i}"]))
+            current = f"t{i}"
+    nodes.append(helper.make_node("Softmax", [current], ["probabilities"], axis=1))
+    nodes.append(helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0))
+    graph = helper.make_graph(nodes, "slow", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

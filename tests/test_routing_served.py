@@ -1,0 +1,172 @@
+"""Routing across real gunicorn processes sharing one Redis and one database."""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+import redis
+
+from registry import service
+from registry.store import ArtifactStore
+from tests.conftest import server_env
+from tests.onnx_factory import slow_digits_model
+from tests.redis_server import PrivateRedis
+from tests.server import gateway_server
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def sqlite_only(database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("multi-process routing runs once, on SQLite; PostgreSQL routing is the same")
+
+
+def call(base, method, path, token, body=None, headers=None):
+    request = urllib.request.Request(
+        f"{base}{path}", method=method, data=orjson.dumps(body) if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                 **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def predict(base, token, row, **headers):
+    return call(base, "POST", "/predict", token, {"model": "digits", "inputs": [row]}, headers)
+
+
+def test_two_gateways_share_policy_changes_within_a_second(settings, digits, role_tokens,
+                                                           tmp_path, sqlite_only):
+    ops, app = role_tokens["ops"], role_tokens["app"]
+    row = digits["X"][0].tolist()
+    env = server_env(settings)
+    with gateway_server(env, cwd=tmp_path) as one, gateway_server(env, cwd=tmp_path) as two:
+        delays = []
+        for target in (2, 1, 3, 2, 1):
+            status, _ = call(one, "PUT", "/admin/models/digits/traffic", ops,
+                             {"weights": {str(target): 100}, "reason": "flip"})
+            assert status == 200
+            changed = time.monotonic()
+            while predict(two, app, row)[1]["version"] != target:
+                assert time.monotonic() - changed < 3, "the other gateway never applied it"
+            # the other gateway has two workers: each must have it, so ask a few more times
+            for _ in range(10):
+                assert predict(two, app, row)[1]["version"] == target
+            delays.append(time.monotonic() - changed)
+        print(f"propagation delays (s): {[round(d, 3) for d in delays]}")
+        assert max(delays) < 1.0, delays
+
+        # 4 threads hammer both gateways while the policy flips 20 times between {1} and {2}
+        errors, seen = [], set()
+        stop = threading.Event()
+
+        def hammer(base):
+            conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+            body = orjson.dumps({"model": "digits", "inputs": [row]})
+            while not stop.is_set():
+                conn.request("POST", "/predict", body=body, headers={
+                    "Authorization": f"Bearer {app}", "Content-Type": "application/json"})
+                response = conn.getresponse()
+                payload = orjson.loads(response.read())
+                if response.status >= 500 or response.status != 200:
+                    errors.append((response.status, payload))
+                else:
+                    seen.add(payload["version"])
+
+        threads = [threading.Thread(target=hammer, args=(base,)) for base in (one, two) * 2]
+        for thread in threads:
+            thread.start()
+        for i in range(20):
+            status, _ = call(one if i % 2 else two, "PUT", "/admin/models/digits/traffic", ops,
+                             {"weights": {str(1 + i % 2): 100}, "reason": f"flip {i}"})
+            assert status == 200
+            time.sleep(0.05)
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        assert not errors, errors[:3]
+        assert seen == {1, 2}
+
+
+def test_redis_killed_and_restarted_empty(settings, digits, role_tokens, tmp_path,
+                                          sqlite_only):
+    private = PrivateRedis().start()
+    ops, app = role_tokens["ops"], role_tokens["app"]
+    row = digits["X"][0].tolist()
+    env = {**server_env(settings), "GATEWAY_REDIS_URL": private.url}
+    try:
+        with gateway_server(env, cwd=tmp_path) as base:
+            assert call(base, "PUT", "/admin/models/digits/traffic", ops,
+                        {"weights": {"2": 100}, "reason": "before"})[0] == 200
+            assert predict(base, app, row)[1]["version"] == 2
+            private.kill()
+            for _ in range(30):  # keeps serving on the last policy it knew
+                status, body = predict(base, app, row)
+                assert status == 200 and body["version"] == 2
+            status, body = call(base, "PUT", "/admin/models/digits/traffic", ops,
+                                {"weights": {"1": 100}, "reason": "while down"})
+            assert status == 503 and "Redis" in body["error"]["message"]
+            private.start()  # same port, empty
+            client = redis.Redis.from_url(private.url)
+            key = f"{settings.redis_prefix}policy:digits"
+            deadline = time.monotonic() + 10
+            while client.get(key) is None:
+                assert time.monotonic() < deadline, "the policy was not restored from SQL"
+                time.sleep(0.1)
+            assert orjson.loads(client.get(key))["weights"] == {"2": 100}
+            assert predict(base, app, row)[1]["version"] == 2
+            assert call(base, "PUT", "/admin/models/digits/traffic", ops,
+                        {"weights": {"1": 100}, "reason": "after"})[0] == 200
+    finally:
+        private.kill()
+
+
+def _median_latency(base, token, row, n=300) -> float:
+    conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    body = orjson.dumps({"model": "digits", "inputs": [row]})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        conn.request("POST", "/predict", body=body, headers=headers)
+        response = conn.getresponse()
+        payload = orjson.loads(response.read())
+        times.append(time.perf_counter() - started)
+        assert response.status == 200 and payload["version"] == 1
+    conn.close()
+    return statistics.median(times)
+
+
+def test_slow_shadow_does_not_slow_the_caller(settings, digits, db, role_tokens, tmp_path,
+                                              sqlite_only):
+    slow = service.register_version(db, ArtifactStore(settings.model_store), "digits",
+                                    slow_digits_model(), None, "t", settings.max_model_bytes)
+    ops, app = role_tokens["ops"], role_tokens["app"]
+    row = digits["X"][0].tolist()
+    with gateway_server(server_env(settings), cwd=tmp_path) as base:
+        plain = {"weights": {"1": 100}, "reason": "no shadow"}
+        shadowed = {"weights": {"1": 100}, "shadow": {str(slow["version"]): 100},
+                    "reason": "slow shadow"}
+        assert call(base, "PUT", "/admin/models/digits/traffic", ops, plain)[0] == 200
+        _median_latency(base, app, row, 100)  # warm up
+        medians = {"plain": [], "shadow": []}
+        for _ in range(3):  # interleaved rounds: the machine's noise hits both alike
+            for name, body in (("plain", plain), ("shadow", shadowed)):
+                assert call(base, "PUT", "/admin/models/digits/traffic", ops, body)[0] == 200
+                time.sleep(0.3)
+                medians[name].append(_median_latency(base, app, row))
+        plain_ms = statistics.median(medians["plain"]) * 1000
+        shadow_ms = statistics.median(medians["shadow"]) * 1000
+        print(f"primary median latency: {plain_ms:.3f} ms plain, {shadow_ms:.3f} ms with a "
+              f"100% slow shadow ({shadow_ms / plain_ms:.2f}x)")
+        assert shadow_ms < plain_ms * 1.25, (plain_ms, shadow_ms)
