@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import orjson
 
@@ -19,7 +20,7 @@ def test_started_once_shared_and_stopped(tmp_path):
         assert embedded.alive() and embedded.ensure() is False  # a second starter re-uses it
         assert oct(os.stat(embedded.socket).st_mode & 0o777) == "0o700"
         pid = int(embedded.pidfile.read_text())
-        assert b"redis-server" in open(f"/proc/{pid}/cmdline", "rb").read()
+        assert b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
     finally:
         embedded.stop()
     assert not embedded.alive()
