@@ -109,7 +109,7 @@ def test_demo_sets_up_from_an_empty_directory_in_under_a_minute(tmp_path):
     versions = listed[0]["versions"]
     assert [v["parent_version"] for v in versions] == [None, 1, 1]
     assert all(v["metrics"]["accuracy"] > 0.9 for v in versions)
-    assert listed[0]["aliases"] == {"challenger": 2, "champion": 1}
+    assert listed[0]["aliases"] == {"challenger": 3, "champion": 1}
     again = run(["demo", "--no-serve"], tmp_path)  # idempotent: same versions, new tokens
     assert "logreg=1, forest=2, mlp=3" in again.stdout
     tokens = orjson.loads(run(["token", "list", "--json"], tmp_path).stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import time
 import urllib.request
 
@@ -102,28 +103,51 @@ def test_bad_input_does_not_hurt_the_server(server, digits, role_tokens):
     assert status == 200 and payload["version"] == 3
 
 
+def _worker_connections(base: str, count: int = 2) -> dict[int, http.client.HTTPConnection]:
+    """Keep-alive connections, one per gunicorn worker (a connection stays on its worker)."""
+    found: dict[int, http.client.HTTPConnection] = {}
+    extra: list[http.client.HTTPConnection] = []
+    try:
+        for _ in range(300):  # held open, so the accepting worker has to change eventually
+            conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+            conn.request("GET", "/healthz")
+            pid = orjson.loads(conn.getresponse().read())["pid"]
+            (extra.append(conn) if pid in found else found.__setitem__(pid, conn))
+            if len(found) == count:
+                return found
+            time.sleep(0.01)
+    finally:
+        for conn in extra:
+            conn.close()
+    raise AssertionError(f"only reached workers {sorted(found)}")
+
+
+def _predict_on(conn, body: bytes, headers) -> dict:
+    conn.request("POST", "/predict", body=body, headers={**headers,
+                                                         "Content-Type": "application/json"})
+    response = conn.getresponse()
+    payload = orjson.loads(response.read())
+    assert response.status == 200, payload
+    return payload
+
+
 def test_new_version_reaches_both_workers_within_a_second(server, settings, digits, db,
                                                           role_tokens, examples_dir):
     headers = _auth(role_tokens)
     body = orjson.dumps({"model": "digits", "inputs": [digits["X"][0].tolist()]})
-    pids = set()
-    for _ in range(40):  # warm both workers on the current newest version (3)
-        with urllib.request.urlopen(f"{server}/healthz") as response:
-            pids.add(orjson.loads(response.read())["pid"])
-        assert _post(f"{server}/predict", body, headers)[1]["version"] == 3
-    assert len(pids) == 2, pids
+    workers = _worker_connections(server)
+    for conn in workers.values():  # both workers serve the current newest version (3)
+        assert _predict_on(conn, body, headers)["version"] == 3
     new = service.register_version(
         db, ArtifactStore(settings.model_store), "digits",
         _retrained_mlp(examples_dir), None, "tests", settings.max_model_bytes)
     registered_at = time.monotonic()
     seen: dict[int, float] = {}
-    while time.monotonic() - registered_at < 5 and len(seen) < 2:
-        with urllib.request.urlopen(f"{server}/healthz") as response:
-            pid = orjson.loads(response.read())["pid"]
-        status, payload = _post(f"{server}/predict", body, headers)
-        assert status == 200
-        if payload["version"] == new["version"] and pid not in seen:
-            seen[pid] = time.monotonic() - registered_at
+    while time.monotonic() - registered_at < 5 and len(seen) < len(workers):
+        for pid, conn in workers.items():
+            if pid not in seen and _predict_on(conn, body, headers)["version"] == new["version"]:
+                seen[pid] = time.monotonic() - registered_at
+    print(f"new version served by each worker after (s): {seen}")
     assert len(seen) == 2, seen  # both workers, without a restart
     assert max(seen.values()) < 1.0, seen
 
