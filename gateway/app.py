@@ -14,8 +14,11 @@ from gateway import auth
 from gateway.catalog import Catalog
 from gateway.codecs import Limits
 from gateway.dataplane import DataPlane
+from gateway.feedback import FeedbackDesk
 from gateway.http.responses import json_response
+from gateway.outcomes import OutcomeLog
 from gateway.policy_sync import PolicyCache, PolicyChannel
+from gateway.request_ids import RequestIds
 from gateway.runtime import ModelRuntime
 from gateway.settings import Settings
 from gateway.shadow import ShadowPool
@@ -56,17 +59,21 @@ class Services:
     policies: PolicyCache
     shadows: ShadowPool
     traffic: TrafficAdmin
+    outcomes: OutcomeLog
+    feedback: FeedbackDesk
 
     def start(self) -> None:
         """Start this process's background refreshers now rather than on the first request."""
         self.catalog.ensure_started()
         self.policies.ensure_started()
+        self.outcomes.start()
 
     def close(self) -> None:
         """Stop background work and release sessions and connections (worker exit, tests)."""
         self.policies.stop()
         self.catalog.stop()
         self.shadows.stop()
+        self.outcomes.close()
         self.runtime.close()
         self.redis.close()
         self.db.dispose()
@@ -137,11 +144,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     channel = PolicyChannel(client, settings.redis_prefix)
     policies = PolicyCache(channel, db, settings.policy_refresh_seconds)
     shadows = ShadowPool(settings.shadow_workers, settings.shadow_queue)
+    outcomes = OutcomeLog(db, settings.state_dir / "spool", settings.outcome_flush_seconds)
     app.extensions["mgw"] = Services(
         settings=settings, db=db, store=store, catalog=catalog, runtime=runtime,
-        dataplane=DataPlane(catalog, runtime, policies, shadows),
+        dataplane=DataPlane(catalog, runtime, policies, shadows, outcomes,
+                            RequestIds(client, settings.redis_prefix)),
         limits=Limits(max_batch=settings.max_batch), redis=client, policies=policies,
         shadows=shadows, traffic=TrafficAdmin(db, catalog, runtime, channel, policies),
+        outcomes=outcomes,
+        feedback=FeedbackDesk(db, outcomes, settings.feedback_wait_seconds),
     )
 
     _register_error_handlers(app)
@@ -154,11 +165,13 @@ def create_app(settings: Settings | None = None) -> Flask:
             response.headers["X-Request-Id"] = request_id
         return response
 
-    from gateway.http import admin, health, predict, v2
+    from gateway.http import admin, analytics, feedback, health, predict, v2
 
     app.register_blueprint(health.bp)
     app.register_blueprint(v2.health_bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(predict.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(feedback.bp)
+    app.register_blueprint(analytics.bp)
     return app

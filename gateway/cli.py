@@ -293,6 +293,65 @@ def cmd_traffic_history(ctx: Context, args: argparse.Namespace) -> None:
           r["reason"] or "-"] for r in rs]))
 
 
+# ---- analytics -----------------------------------------------------------------------------
+
+def cmd_analytics_compare(ctx: Context, args: argparse.Namespace) -> None:
+    from gateway.comparison import compare, window
+
+    since, until = window(args.since, args.until)
+    result = compare(ctx.db, args.name, since, until)
+
+    def table(r: dict[str, Any]) -> str:
+        def fmt(value: Any, spec: str = ".4f") -> str:
+            return "-" if value is None else format(value, spec)
+
+        rows = []
+        for v in r["versions"]:
+            acc, rew, vs = v["accuracy"], v["reward"], v["vs_champion"] or {}
+            rows.append([
+                v["version"], v["requests"], v["errors"],
+                fmt(v["latency_ms"].get("p50"), ".2f"), fmt(v["latency_ms"].get("p99"), ".2f"),
+                v["feedback"],
+                f"{acc['value']:.4f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]" if acc
+                else "-",
+                f"{rew['mean']:.4f}" if rew else "-",
+                fmt((vs.get("accuracy") or {}).get("p_value")),
+            ])
+        champ = r["champion"]
+        head = (f"{r['model']}: champion version {champ['version']} ({champ['source']})"
+                if champ else f"{r['model']}: no outcomes in this window")
+        return head + "\n" + format_table(
+            ["version", "requests", "errors", "p50 ms", "p99 ms", "feedback",
+             "accuracy [95% CI]", "reward", "p vs champion"], rows)
+
+    emit(args, result, table)
+
+
+def cmd_analytics_export(ctx: Context, args: argparse.Namespace) -> None:
+    from gateway.comparison import window
+    from gateway.http.analytics import csv_chunks, jsonl_chunks
+    from registry.outcomes import check_kind, export_rows
+
+    since, until = window(args.since, args.until)
+    rows = export_rows(ctx.db, args.name, since, until, args.version, check_kind(args.kind))
+    for chunk in (csv_chunks(rows) if args.format == "csv" else jsonl_chunks(rows)):
+        sys.stdout.buffer.write(chunk)
+
+
+def cmd_outcomes_prune(ctx: Context, args: argparse.Namespace) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from registry.outcomes import prune
+
+    days = args.older_than_days or ctx.settings.outcome_retention_days
+    if days < 1:
+        raise CliError("--older-than-days must be at least 1")
+    before = datetime.now(UTC) - timedelta(days=days)
+    outcomes, feedback = prune(ctx.db, before)
+    print(f"deleted {outcomes} outcomes and {feedback} feedback rows older than {days} days "
+          f"({before.isoformat()})")
+
+
 # ---- serving -------------------------------------------------------------------------------
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> None:
@@ -377,6 +436,27 @@ def build_parser() -> argparse.ArgumentParser:
             json_flag=True)
     p.add_argument("name")
     p.add_argument("--limit", type=int, default=50)
+
+    analytics = sub.add_parser("analytics", help="compare versions on outcomes").add_subparsers(
+        dest="sub", required=True)
+    p = add(analytics, "compare", cmd_analytics_compare, "per-version outcome comparison",
+            json_flag=True)
+    p.add_argument("name")
+    p.add_argument("--since")
+    p.add_argument("--until")
+    p = add(analytics, "export", cmd_analytics_export, "outcome rows as CSV or JSON lines")
+    p.add_argument("name")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument("--since")
+    p.add_argument("--until")
+    p.add_argument("--version", type=int)
+    p.add_argument("--kind", choices=["primary", "shadow"])
+    outcomes = sub.add_parser("outcomes", help="the outcome log").add_subparsers(
+        dest="sub", required=True)
+    p = add(outcomes, "prune", cmd_outcomes_prune,
+            "delete outcomes and feedback older than the retention period")
+    p.add_argument("--older-than-days", type=int,
+                   help="default: GATEWAY_OUTCOME_RETENTION_DAYS (90)")
 
     p = add(sub, "audit", cmd_audit, "who changed what, when and why", json_flag=True)
     p.add_argument("--model")

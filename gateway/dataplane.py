@@ -14,15 +14,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from gateway.catalog import Catalog, Snapshot, VersionInfo
+from gateway.outcomes import OutcomeLog, input_fingerprint, now, summarise_prediction
 from gateway.policy import choose_version, shadow_draws
 from gateway.policy_sync import PolicyCache
+from gateway.request_ids import RequestIds
 from gateway.runtime import ModelRuntime
 from gateway.shadow import ShadowPool
-from registry.errors import GatewayError, InvalidInput, Unavailable
+from registry.errors import Conflict, GatewayError, InvalidInput, Unavailable
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -68,11 +71,13 @@ class InferenceResult:
 
 class DataPlane:
     def __init__(self, catalog: Catalog, runtime: ModelRuntime, policies: PolicyCache,
-                 shadows: ShadowPool) -> None:
+                 shadows: ShadowPool, outcomes: OutcomeLog, ids: RequestIds) -> None:
         self.catalog = catalog
         self.runtime = runtime
         self.policies = policies
         self.shadows = shadows
+        self.outcomes = outcomes
+        self.ids = ids
         catalog.on_reload(self._warm)
 
     def _warm(self, snapshot: Snapshot) -> None:
@@ -107,31 +112,77 @@ class DataPlane:
         return Choice(latest, "default", revision)
 
     def infer(self, model: str, version_ref: str | None, decode: Decoder, request_id: str,
-              routing_key: str | None = None) -> InferenceResult:
+              routing_key: str | None = None, caller_id: bool = False) -> InferenceResult:
         started = time.perf_counter()
         choice = self.choose(model, version_ref, routing_key)
-        inputs, wanted = decode(choice.version)
-        loaded = self.runtime.get(choice.version)
-        run_started = time.perf_counter()
+        if caller_id and not self.ids.claim(model, request_id):
+            raise Conflict(f"request id {request_id!r} was already used for model {model!r}")
         try:
-            outputs = loaded.run(inputs, wanted)
-        except Exception as exc:  # onnxruntime rejects values the signature allowed
-            message = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
-            raise InvalidInput(f"the model could not run on this input: {message}") from None
+            inputs, wanted = decode(choice.version)
+            loaded = self.runtime.get(choice.version)
+            run_started = time.perf_counter()
+            try:
+                outputs = loaded.run(inputs, wanted)
+            except Exception as exc:  # onnxruntime rejects values the signature allowed
+                message = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
+                raise InvalidInput(f"the model could not run on this input: {message}"
+                                   ) from None
+        except GatewayError as exc:
+            self.outcomes.record(self._row(model, request_id, choice.version.version, "primary",
+                                           choice.reason, choice.revision, started,
+                                           status=exc.status, error_code=exc.code))
+            raise
         finished = time.perf_counter()
         result = InferenceResult(
             request_id=request_id, model=model, version=choice.version.version,
             reason=choice.reason, revision=choice.revision, outputs=outputs,
             model_ms=(finished - run_started) * 1000, total_ms=(finished - started) * 1000,
         )
+        fingerprint = input_fingerprint(inputs)
+        self.outcomes.record(self._row(
+            model, request_id, result.version, "primary", choice.reason, choice.revision, started,
+            model_ms=result.model_ms, outputs=outputs, fingerprint=fingerprint))
         for shadow in choice.shadows:
-            result.deferred.append(self._shadow_job(shadow, inputs, result))
+            result.deferred.append(
+                self._shadow_job(shadow, inputs, request_id, choice.revision, fingerprint))
         return result
 
+    def _row(self, model: str, request_id: str, version: int, kind: str, reason: str,
+             revision: int | None, started: float, status: int = 200,
+             error_code: str | None = None, model_ms: float | None = None,
+             outputs: dict[str, np.ndarray] | None = None, fingerprint: str | None = None
+             ) -> dict[str, Any]:
+        prediction, label = summarise_prediction(outputs) if outputs is not None else (None,
+                                                                                        None)
+        return {
+            "request_id": request_id, "model": model,
+            "version": version, "kind": kind, "reason": reason, "revision": revision,
+            "ts": now(), "latency_ms": (time.perf_counter() - started) * 1000,
+            "model_ms": model_ms, "status": status, "error_code": error_code,
+            "prediction": prediction, "predicted_label": label, "input_sha256": fingerprint,
+            "inputs": None,
+        }
+
     def _shadow_job(self, version: VersionInfo, inputs: dict[str, np.ndarray],
-                    primary: InferenceResult) -> Callable[[], None]:
+                    request_id: str, revision: int | None, fingerprint: str
+                    ) -> Callable[[], None]:
         def run() -> None:
-            self.runtime.get(version).run(inputs, None)
+            started = time.perf_counter()
+            try:
+                loaded = self.runtime.get(version)
+                run_started = time.perf_counter()
+                outputs = loaded.run(inputs, None)
+            except Exception as exc:
+                code = exc.code if isinstance(exc, GatewayError) else "model_error"
+                self.outcomes.record(self._row(version.model, request_id, version.version,
+                                               "shadow", "shadow", revision, started,
+                                               status=500, error_code=code))
+                return
+            model_ms = (time.perf_counter() - run_started) * 1000
+            self.outcomes.record(self._row(version.model, request_id, version.version,
+                                           "shadow", "shadow", revision, started,
+                                           model_ms=model_ms, outputs=outputs,
+                                           fingerprint=fingerprint))
 
         def submit() -> None:
             self.shadows.submit(run)

@@ -63,6 +63,9 @@ class Settings:
     shadow_workers: int = 1
     shadow_queue: int = 64
     policy_refresh_seconds: float = 1.0
+    outcome_flush_seconds: float = 0.2
+    feedback_wait_seconds: float = 1.0
+    outcome_retention_days: int = 90
     token_cache_seconds: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -100,6 +103,8 @@ class Settings:
             state_dir=Path(env.get("GATEWAY_STATE_DIR") or defaults.state_dir),
             shadow_workers=_int(env, "GATEWAY_SHADOW_WORKERS", defaults.shadow_workers, 1),
             shadow_queue=_int(env, "GATEWAY_SHADOW_QUEUE", defaults.shadow_queue, 1),
+            outcome_retention_days=_int(env, "GATEWAY_OUTCOME_RETENTION_DAYS",
+                                        defaults.outcome_retention_days, 1),
         )
 
     def with_(self, **changes: Any) -> Settings:

@@ -9,7 +9,9 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -132,3 +134,46 @@ class TrafficRevision(Base):
     updated_by: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     action: Mapped[str] = mapped_column(String(16), default="set")
+
+
+class Outcome(Base):
+    """One served request by one version (primary or shadow): what the analysts compare."""
+
+    __tablename__ = "outcomes"
+    __table_args__ = (
+        UniqueConstraint("model", "request_id", "kind", "version", name="uq_outcome"),
+        Index("ix_outcomes_model_ts", "model", "ts"),
+        Index("ix_outcomes_request", "request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(16))
+    revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    model_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    prediction: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    predicted_label: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    input_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Feedback(Base):
+    """Ground truth for a request: a label, a reward, or both; at most one per request."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("model", "request_id", name="uq_feedback"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(128))
+    label: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reward: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -38,6 +38,7 @@ def predict() -> Any:
         lambda version: (decode_json_inputs(inputs, version.inputs, svc.limits), None),
         request_id,
         routing_key(),
+        caller_id="X-Request-Id" in request.headers,
     )
     response = json_response(
         {"request_id": request_id, "model": model, "version": result.version,

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, g, request
 from gateway.app import services
 from gateway.catalog import VersionInfo
 from gateway.codecs import decode_v2_request, encode_v2_response
-from gateway.dataplane import REQUEST_ID, request_id_from
+from gateway.dataplane import request_id_from
 from gateway.http.predict import routing_key
 from gateway.http.responses import json_response, read_body
 from registry.errors import GatewayError, InvalidInput
@@ -129,10 +129,9 @@ def _infer(name: str, ref: str | None) -> Response:
     header_id = request.headers.get("X-Request-Id")
     request_id = request_id_from(header_id)
     g.request_id = request_id
-    result = svc.dataplane.infer(name, ref, decode, request_id, routing_key())
+    result = svc.dataplane.infer(name, ref, decode, request_id, routing_key(),
+                                 caller_id=header_id is not None)
     req = parsed["request"]
-    if header_id is None and req.id is not None and REQUEST_ID.fullmatch(req.id):
-        result.request_id = req.id
     payload, headers = encode_v2_response(name, result.version, req.id, result.outputs,
                                           req.outputs, req.binary_output_default)
     headers["X-Model-Version"] = str(result.version)

@@ -1,0 +1,23 @@
+"""`POST /feedback`: applications report ground truth (single item or a batch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from gateway.app import services
+from gateway.http.responses import json_response, read_json_object
+
+bp = Blueprint("feedback", __name__)
+
+
+@bp.post("/feedback")
+def feedback() -> Any:
+    svc = services()
+    body = read_json_object(svc.settings.max_body_bytes)
+    if "items" in body and set(body) == {"items"}:
+        return json_response({"items": svc.feedback.submit_batch(body["items"])}, 200)
+    created = svc.feedback.submit(body)
+    return json_response({"request_id": body["request_id"], "status": "recorded" if created
+                          else "unchanged"}, 202)

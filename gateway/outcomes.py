@@ -1,0 +1,232 @@
+"""The outcome log: request threads only enqueue; one flusher per process writes batches.
+
+Trade-off chosen: an in-process buffer with bulk inserts, not a Redis stream. The hot path
+costs one `deque.append` (no network round trip), and batches of hundreds of rows are one
+INSERT. The price is the SIGKILL window: rows still in memory die with the process. That window
+is bounded by the flush interval: a record waits at most `flush_seconds` before the flusher
+takes it, so a SIGKILL loses at most the outcomes of the last `flush_seconds` plus one batch in
+flight (about 0.5 s of traffic at the defaults). SIGTERM flushes everything first.
+
+While the database is unreachable, batches are written to a spool directory (one fsynced JSONL
+file per batch, renamed into place) and replayed when it returns; any process of the gateway
+may replay any spool file, so a dead worker's spool is not stranded. Replays are idempotent
+(ON CONFLICT DO NOTHING), so a batch that was half-written before a failure is not duplicated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from sqlalchemy.exc import SQLAlchemyError
+
+from registry.db import Database
+from registry.outcomes import insert_outcomes
+
+log = logging.getLogger(__name__)
+
+MAX_PREDICTION_ITEMS = 32
+
+
+def input_fingerprint(inputs: dict[str, np.ndarray]) -> str:
+    """sha256 over names, dtypes, shapes and bytes: equal inputs, equal fingerprints."""
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        array = np.ascontiguousarray(inputs[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def summarise_prediction(outputs: dict[str, np.ndarray]) -> tuple[dict[str, Any], int | None]:
+    """A compact prediction: each output's first items; and the label when there is one row.
+
+    The label is the `label` output when the model has one, else the argmax of a single
+    probability/score row, so accuracy and shadow agreement work for any classifier.
+    """
+    summary: dict[str, Any] = {}
+    for name, value in outputs.items():
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            continue
+        flat = array.ravel()[:MAX_PREDICTION_ITEMS]
+        summary[name] = flat.tolist() if array.ndim <= 1 else array[:4].reshape(
+            min(4, array.shape[0]), -1)[:, :MAX_PREDICTION_ITEMS].tolist()
+    label: int | None = None
+    if "label" in outputs and np.asarray(outputs["label"]).size == 1:
+        raw = np.asarray(outputs["label"]).ravel()[0]
+        if np.asarray(raw).dtype.kind in "iub":
+            label = int(raw)
+    elif len(outputs) >= 1:
+        first = np.asarray(next(iter(outputs.values())))
+        if first.ndim == 2 and first.shape[0] == 1 and first.dtype.kind == "f":
+            label = int(first.argmax())
+    return summary, label
+
+
+class OutcomeLog:
+    def __init__(self, db: Database, spool_dir: Path, flush_seconds: float = 0.2,
+                 batch_size: int = 1000, max_buffer: int = 100_000) -> None:
+        self._db = db
+        self._spool = Path(spool_dir)
+        self._flush_seconds = flush_seconds
+        self._batch = batch_size
+        self._max_buffer = max_buffer
+        self._buffer: deque[dict[str, Any]] = deque()
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.spooled = 0
+        self.last_flush_at = time.time()
+        self.db_ok = True
+
+    # -- hot path ----------------------------------------------------------------------------
+
+    def record(self, row: dict[str, Any]) -> None:
+        self._ensure_started()
+        self._buffer.append(row)
+        if len(self._buffer) >= self._max_buffer:
+            self._wake.set()
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Rows not yet handed to the flusher (feedback checks them for fresh request ids)."""
+        return list(self._buffer)
+
+    def depth(self) -> int:
+        return len(self._buffer)
+
+    # -- flusher -----------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        with self._lock:
+            if self._pid == pid:
+                return
+            self._pid = pid
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="outcome-flush", daemon=True)
+            self._thread.start()
+
+    def start(self) -> None:
+        self._ensure_started()
+
+    def _take(self) -> list[dict[str, Any]]:
+        batch: list[dict[str, Any]] = []
+        while self._buffer and len(batch) < self._batch:
+            batch.append(self._buffer.popleft())
+        return batch
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._flush_seconds)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered; spool it when the database is down; replay old spools."""
+        while True:
+            batch = self._take()
+            if not batch:
+                break
+            self._write(batch)
+        if self.db_ok:
+            self._replay_spool()
+        self.last_flush_at = time.time()
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            insert_outcomes(self._db, batch)
+            self.written += len(batch)
+            if not self.db_ok:
+                log.info("outcome database reachable again")
+            self.db_ok = True
+        except SQLAlchemyError as exc:
+            if self.db_ok:
+                log.warning("outcome database unreachable; spooling to %s: %s", self._spool,
+                            exc.__class__.__name__)
+            self.db_ok = False
+            self._spool_batch(batch)
+
+    def _spool_batch(self, batch: list[dict[str, Any]]) -> None:
+        self._spool.mkdir(parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{time.time_ns()}.jsonl"
+        tmp = self._spool / f".{name}.tmp"
+        with open(tmp, "wb") as handle:
+            for row in batch:
+                handle.write(orjson.dumps(row, default=_jsonable) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._spool / name)
+        self.spooled += len(batch)
+
+    def _replay_spool(self) -> None:
+        if not self._spool.exists():
+            return
+        for path in sorted(self._spool.glob("*.jsonl")):
+            claimed = path.with_name(f".claimed-{os.getpid()}-{path.name}")
+            try:
+                os.replace(path, claimed)  # atomic: exactly one process claims a file
+            except FileNotFoundError:
+                continue
+            try:
+                rows = [_from_json(orjson.loads(line)) for line in
+                        claimed.read_bytes().splitlines() if line.strip()]
+                for start in range(0, len(rows), self._batch):
+                    insert_outcomes(self._db, rows[start:start + self._batch])
+                claimed.unlink()
+                self.written += len(rows)
+            except SQLAlchemyError:
+                os.replace(claimed, path)  # give it back for a later attempt
+                self.db_ok = False
+                return
+        self._reclaim_orphans()
+
+    def _reclaim_orphans(self) -> None:
+        """Files claimed by a process that died before finishing go back to the queue."""
+        for path in self._spool.glob(".claimed-*"):
+            owner = path.name.split("-")[1]
+            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, path.with_name(path.name.split("-", 2)[2]))
+
+    def spool_files(self) -> int:
+        return len(list(self._spool.glob("*.jsonl"))) if self._spool.exists() else 0
+
+    def close(self) -> None:
+        """Stop the flusher and write (or spool) everything still buffered."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.flush()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError
+
+
+def _from_json(row: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(row.get("ts"), str):
+        row["ts"] = datetime.fromisoformat(row["ts"])
+    return row
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,223 @@
+"""Outcome rows and feedback in SQL: bulk inserts that tolerate replays, joins, aggregates.
+
+Inserts use ON CONFLICT DO NOTHING on (model, request_id, kind, version), so a batch replayed
+from the spool after a partial failure never duplicates a row: that is what makes delivery
+exactly-once on top of an at-least-once buffer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, case, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
+
+from registry.db import Database
+from registry.errors import Conflict, InvalidInput
+from registry.tables import Alias, Feedback, Model, Outcome
+
+
+def insert_outcomes(db: Database, rows: list[dict[str, Any]]) -> int:
+    if not rows:
+        return 0
+    dialect = db.engine.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(Outcome).on_conflict_do_nothing(
+        index_elements=["model", "request_id", "kind", "version"])
+    with db.session() as session:
+        result = session.connection().execute(statement, rows)
+        return int(result.rowcount or 0)
+
+
+def served_models(db: Database, request_id: str) -> list[str]:
+    with db.read() as session:
+        return list(session.scalars(
+            select(Outcome.model).where(Outcome.request_id == request_id,
+                                        Outcome.kind == "primary").distinct()))
+
+
+def record_feedback(db: Database, model: str, request_id: str, label: int | None,
+                    reward: float | None) -> bool:
+    """Store feedback; True when new, False when the same feedback was already there."""
+    try:
+        with db.session() as session:
+            session.add(Feedback(model=model, request_id=request_id, label=label,
+                                 reward=reward))
+        return True
+    except IntegrityError:
+        pass
+    with db.read() as session:
+        existing = session.scalar(select(Feedback).where(Feedback.model == model,
+                                                         Feedback.request_id == request_id))
+    if existing is None:
+        raise Conflict(f"feedback for {request_id!r} is being written concurrently; retry")
+    same_reward = (existing.reward is None and reward is None) or (
+        existing.reward is not None and reward is not None
+        and math.isclose(existing.reward, reward, rel_tol=0, abs_tol=1e-12))
+    if existing.label == label and same_reward:
+        return False
+    raise Conflict(
+        f"request {request_id!r} already has different feedback (label {existing.label}, "
+        f"reward {existing.reward}); feedback cannot be changed"
+    )
+
+
+def _window(query: Any, since: datetime | None, until: datetime | None, column: Any) -> Any:
+    if since is not None:
+        query = query.where(column >= since)
+    if until is not None:
+        query = query.where(column < until)
+    return query
+
+
+def champion_alias(db: Database, model: str) -> int | None:
+    with db.read() as session:
+        return session.scalar(
+            select(Alias.version).join(Model, Model.id == Alias.model_id)
+            .where(Model.name == model, Alias.name == "champion"))
+
+
+def primary_stats(db: Database, model: str, since: datetime | None,
+                  until: datetime | None) -> list[dict[str, Any]]:
+    """Per version, over primary outcomes: counts, errors, feedback sums, in one aggregate."""
+    correct = case((Outcome.predicted_label == Feedback.label, 1), else_=0)
+    query = (
+        select(
+            Outcome.version,
+            func.count(Outcome.id),
+            func.sum(case((Outcome.status >= 500, 1), else_=0)),
+            func.sum(case((and_(Outcome.status >= 400, Outcome.status < 500), 1), else_=0)),
+            func.count(Feedback.id),
+            func.count(case((and_(Feedback.label.is_not(None),
+                                  Outcome.predicted_label.is_not(None)), 1))),
+            func.sum(case((and_(Feedback.label.is_not(None),
+                                Outcome.predicted_label.is_not(None)), correct), else_=0)),
+            func.count(Feedback.reward),
+            func.sum(Feedback.reward),
+            func.sum(Feedback.reward * Feedback.reward),
+        )
+        .select_from(Outcome)
+        .outerjoin(Feedback, and_(Feedback.model == Outcome.model,
+                                  Feedback.request_id == Outcome.request_id))
+        .where(Outcome.model == model, Outcome.kind == "primary")
+        .group_by(Outcome.version)
+        .order_by(Outcome.version)
+    )
+    query = _window(query, since, until, Outcome.ts)
+    with db.read() as session:
+        return [
+            {"version": r[0], "requests": r[1], "errors": int(r[2] or 0),
+             "client_errors": int(r[3] or 0), "feedback": r[4], "labelled": r[5],
+             "correct": int(r[6] or 0), "rewarded": r[7], "reward_sum": float(r[8] or 0.0),
+             "reward_sq": float(r[9] or 0.0)}
+            for r in session.execute(query)
+        ]
+
+
+def latency_percentiles(db: Database, model: str, version: int, count: int,
+                        since: datetime | None, until: datetime | None,
+                        quantiles: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, float]:
+    """Nearest-rank percentiles, each read as one row at an offset of the sorted latencies."""
+    out: dict[str, float] = {}
+    if count <= 0:
+        return out
+    base = select(Outcome.latency_ms).where(
+        Outcome.model == model, Outcome.kind == "primary", Outcome.version == version,
+        Outcome.status < 400)
+    base = _window(base, since, until, Outcome.ts)
+    with db.read() as session:
+        ok_count = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+        for q in quantiles:
+            if ok_count == 0:
+                break
+            rank = max(1, math.ceil(q * ok_count))
+            value = session.scalar(base.order_by(Outcome.latency_ms).offset(rank - 1).limit(1))
+            out[f"p{round(q * 100)}"] = float(value) if value is not None else math.nan
+    return out
+
+
+def shadow_agreement(db: Database, model: str, since: datetime | None,
+                     until: datetime | None) -> list[dict[str, Any]]:
+    """Per shadow version: how often its label matched the primary's on the same request."""
+    primary = aliased(Outcome)
+    shadow = aliased(Outcome)
+    agree = case((shadow.predicted_label == primary.predicted_label, 1), else_=0)
+    query = (
+        select(shadow.version, primary.version, func.count(shadow.id), func.sum(agree),
+               func.sum(case((shadow.status >= 400, 1), else_=0)))
+        .select_from(shadow)
+        .join(primary, and_(primary.model == shadow.model,
+                            primary.request_id == shadow.request_id,
+                            primary.kind == "primary"))
+        .where(shadow.model == model, shadow.kind == "shadow")
+        .group_by(shadow.version, primary.version)
+        .order_by(shadow.version, primary.version)
+    )
+    query = _window(query, since, until, shadow.ts)
+    with db.read() as session:
+        return [{"version": r[0], "primary_version": r[1], "compared": r[2],
+                 "agreed": int(r[3] or 0), "errors": int(r[4] or 0)}
+                for r in session.execute(query)]
+
+
+EXPORT_COLUMNS = ["request_id", "model", "version", "kind", "reason", "revision", "ts",
+                  "latency_ms", "model_ms", "status", "error_code", "prediction",
+                  "predicted_label", "input_sha256", "label", "reward"]
+
+
+def export_rows(db: Database, model: str, since: datetime | None, until: datetime | None,
+                version: int | None, kind: str | None, chunk: int = 2000
+                ) -> Iterator[tuple[Any, ...]]:
+    """Stream outcome rows joined with feedback, `chunk` at a time: memory stays flat.
+
+    Keyset pagination on the primary key (not a server-side cursor) so that no transaction
+    stays open while a slow client reads, and SQLite writers are never blocked by an export.
+    """
+    last_id = 0
+    while True:
+        query = (
+            select(Outcome.id, Outcome.request_id, Outcome.model, Outcome.version, Outcome.kind,
+                   Outcome.reason, Outcome.revision, Outcome.ts, Outcome.latency_ms,
+                   Outcome.model_ms, Outcome.status, Outcome.error_code, Outcome.prediction,
+                   Outcome.predicted_label, Outcome.input_sha256, Feedback.label,
+                   Feedback.reward)
+            .outerjoin(Feedback, and_(Feedback.model == Outcome.model,
+                                      Feedback.request_id == Outcome.request_id))
+            .where(Outcome.model == model, Outcome.id > last_id)
+            .order_by(Outcome.id)
+            .limit(chunk)
+        )
+        query = _window(query, since, until, Outcome.ts)
+        if version is not None:
+            query = query.where(Outcome.version == version)
+        if kind is not None:
+            query = query.where(Outcome.kind == kind)
+        with db.read() as session:
+            rows = session.execute(query).all()
+        if not rows:
+            return
+        for row in rows:
+            yield tuple(row[1:])
+        last_id = rows[-1][0]
+
+
+def prune(db: Database, before: datetime) -> tuple[int, int]:
+    """Delete outcomes and feedback older than `before`; returns (outcomes, feedback) deleted."""
+    with db.session() as session:
+        conn = session.connection()
+        outcomes = conn.execute(delete(Outcome).where(Outcome.ts < before)).rowcount
+        feedback = conn.execute(delete(Feedback).where(Feedback.ts < before)).rowcount
+    return int(outcomes or 0), int(feedback or 0)
+
+
+def check_kind(kind: str | None) -> str | None:
+    if kind not in (None, "primary", "shadow"):
+        raise InvalidInput("kind must be primary or shadow")
+    return kind
+
+
