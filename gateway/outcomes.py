@@ -135,7 +135,11 @@ class OutcomeLog:
         while not self._stop.is_set():
             self._wake.wait(self._flush_seconds)
             self._wake.clear()
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the flusher must outlive any one bad batch or file
+                log.exception("outcome flush failed; retrying")
+                self._stop.wait(1.0)
 
     def flush(self) -> None:
         """Write what is buffered; spool it when the database is down; replay old spools."""
@@ -177,7 +181,7 @@ class OutcomeLog:
     def _replay_spool(self) -> None:
         if not self._spool.exists():
             return
-        for path in sorted(self._spool.glob("*.jsonl")):
+        for path in self._spool_queue():
             claimed = path.with_name(f".claimed-{os.getpid()}-{path.name}")
             try:
                 os.replace(path, claimed)  # atomic: exactly one process claims a file
@@ -204,8 +208,15 @@ class OutcomeLog:
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(path, path.with_name(path.name.split("-", 2)[2]))
 
+    def _spool_queue(self) -> list[Path]:
+        """Spooled batches waiting for the database; dot-files are claimed or half-written
+        (pathlib's glob matches dot-files, so they must be excluded by name)."""
+        if not self._spool.exists():
+            return []
+        return sorted(p for p in self._spool.glob("*.jsonl") if not p.name.startswith("."))
+
     def spool_files(self) -> int:
-        return len(list(self._spool.glob("*.jsonl"))) if self._spool.exists() else 0
+        return len(self._spool_queue())
 
     def close(self) -> None:
         """Stop the flusher and write (or spool) everything still buffered."""

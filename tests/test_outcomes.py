@@ -216,3 +216,36 @@ def test_errors_are_logged_with_their_code(app, client, digits, app_headers, ana
         "/analytics/models/digits/outcomes?format=jsonl", headers=analyst).data.splitlines()]
     assert len(rows) == 1 and rows[0]["status"] == 400
     assert rows[0]["error_code"] == "invalid_input" and rows[0]["version"] == 1
+
+
+def test_cli_compare_export_and_prune(app, client, digits, app_headers, settings, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from registry.db import Database
+    from registry.outcomes import insert_outcomes
+    from tests.test_cli import run
+
+    for i in range(6):
+        predict(client, app_headers, digits["X"][i].tolist(),
+                **{"X-Model-Version": str(1 + i % 2), "X-Request-Id": f"c-{i}"})
+    flush(app)
+    old = datetime.now(UTC) - timedelta(days=400)
+    insert_outcomes(Database(settings.database_url), [{
+        "request_id": "ancient", "model": "digits", "version": 1, "kind": "primary",
+        "reason": "weight", "revision": None, "ts": old, "latency_ms": 1.0, "model_ms": 1.0,
+        "status": 200, "error_code": None, "prediction": None, "predicted_label": None,
+        "input_sha256": None, "inputs": None}])
+    env = {"GATEWAY_DATABASE_URL": settings.database_url}
+    compared = orjson.loads(run(["analytics", "compare", "digits", "--json"], tmp_path,
+                                env).stdout)
+    assert {v["version"]: v["requests"] for v in compared["versions"]} == {1: 4, 2: 3}
+    table = run(["analytics", "compare", "digits"], tmp_path, env).stdout
+    assert "champion version 1" in table
+    exported = run(["analytics", "export", "digits", "--format", "csv", "--version", "2"],
+                   tmp_path, env).stdout.splitlines()
+    assert len(exported) == 4 and exported[0].startswith("request_id,model,version")
+    pruned = run(["outcomes", "prune", "--older-than-days", "30"], tmp_path, env).stdout
+    assert "deleted 1 outcomes" in pruned
+    compared = orjson.loads(run(["analytics", "compare", "digits", "--json"], tmp_path,
+                                env).stdout)
+    assert {v["version"]: v["requests"] for v in compared["versions"]} == {1: 3, 2: 3}
