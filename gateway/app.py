@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             response.headers["X-Request-Id"] = request_id
         return response
 
-    from gateway.http import admin, analytics, feedback, health, predict, v2
+    from gateway.http import admin, analytics, dashboard, feedback, health, predict, v2
 
     app.register_blueprint(health.bp)
     app.register_blueprint(v2.health_bp)
@@ -174,4 +174,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(feedback.bp)
     app.register_blueprint(analytics.bp)
+    app.register_blueprint(dashboard.bp)
     return app
