@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +81,22 @@ class Services:
         self.db.dispose()
 
 
+def secret_key(settings: Settings) -> bytes:
+    """The key that signs the dashboard's session cookie: `GATEWAY_SECRET_KEY`, else a random
+    key created once in the state directory (mode 0600) and shared by every worker."""
+    if settings.secret_key:
+        return settings.secret_key.encode()
+    path = settings.state_dir / "secret_key"
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
 def redis_url_for(settings: Settings) -> str:
     """The configured Redis, or the embedded one shared by this gateway's processes."""
     if settings.redis_url:
@@ -134,6 +152,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.secret_key = secret_key(settings)
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     db = Database(settings.database_url)
     store = ArtifactStore(settings.model_store)

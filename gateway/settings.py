@@ -66,6 +66,7 @@ class Settings:
     outcome_flush_seconds: float = 0.2
     feedback_wait_seconds: float = 1.0
     outcome_retention_days: int = 90
+    secret_key: str | None = None
     token_cache_seconds: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -101,6 +102,7 @@ class Settings:
             intra_op_threads=_int(env, "GATEWAY_INTRA_OP_THREADS", defaults.intra_op_threads, 0),
             redis_prefix=env.get("GATEWAY_REDIS_PREFIX") or defaults.redis_prefix,
             state_dir=Path(env.get("GATEWAY_STATE_DIR") or defaults.state_dir),
+            secret_key=env.get("GATEWAY_SECRET_KEY") or None,
             shadow_workers=_int(env, "GATEWAY_SHADOW_WORKERS", defaults.shadow_workers, 1),
             shadow_queue=_int(env, "GATEWAY_SHADOW_QUEUE", defaults.shadow_queue, 1),
             outcome_retention_days=_int(env, "GATEWAY_OUTCOME_RETENTION_DAYS",
