@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -87,13 +88,16 @@ def secret_key(settings: Settings) -> bytes:
     if settings.secret_key:
         return settings.secret_key.encode()
     path = settings.state_dir / "secret_key"
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return path.read_bytes()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = settings.state_dir / f".secret_key.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(secrets.token_bytes(32))
+    with contextlib.suppress(FileExistsError):  # the first worker to link it wins
+        os.link(tmp, path)
+    tmp.unlink()
     return path.read_bytes()
 
 
