@@ -19,6 +19,7 @@ from gateway.codecs import Limits
 from gateway.dataplane import DataPlane
 from gateway.feedback import FeedbackDesk
 from gateway.http.responses import json_response
+from gateway.metrics import Metrics
 from gateway.outcomes import OutcomeLog
 from gateway.policy_sync import PolicyCache, PolicyChannel
 from gateway.request_ids import RequestIds
@@ -64,6 +65,7 @@ class Services:
     traffic: TrafficAdmin
     outcomes: OutcomeLog
     feedback: FeedbackDesk
+    metrics: Metrics
 
     def start(self) -> None:
         """Start this process's background refreshers now rather than on the first request."""
@@ -162,21 +164,27 @@ def create_app(settings: Settings | None = None) -> Flask:
     db = Database(settings.database_url)
     store = ArtifactStore(settings.model_store)
     catalog = Catalog(db, settings.registry_poll_seconds)
+    metrics = Metrics()
     runtime = ModelRuntime(store, settings.session_cache_count, settings.session_cache_bytes,
-                           settings.intra_op_threads)
+                           settings.intra_op_threads,
+                           on_failure=lambda v: metrics.load_failures.labels(
+                               v.model, str(v.version)).inc())
     client = connect_redis(redis_url_for(settings))
     channel = PolicyChannel(client, settings.redis_prefix)
     policies = PolicyCache(channel, db, settings.policy_refresh_seconds)
     shadows = ShadowPool(settings.shadow_workers, settings.shadow_queue)
-    outcomes = OutcomeLog(db, settings.state_dir / "spool", settings.outcome_flush_seconds)
+    outcomes = OutcomeLog(db, settings.state_dir / "spool", settings.outcome_flush_seconds,
+                          metrics=metrics)
+    metrics.watch_policies(policies.all)
     app.extensions["mgw"] = Services(
         settings=settings, db=db, store=store, catalog=catalog, runtime=runtime,
         dataplane=DataPlane(catalog, runtime, policies, shadows, outcomes,
-                            RequestIds(client, settings.redis_prefix)),
+                            RequestIds(client, settings.redis_prefix), metrics),
         limits=Limits(max_batch=settings.max_batch), redis=client, policies=policies,
         shadows=shadows, traffic=TrafficAdmin(db, catalog, runtime, channel, policies),
         outcomes=outcomes,
-        feedback=FeedbackDesk(db, outcomes, settings.feedback_wait_seconds),
+        feedback=FeedbackDesk(db, outcomes, settings.feedback_wait_seconds, metrics),
+        metrics=metrics,
     )
 
     _register_error_handlers(app)
@@ -190,8 +198,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         return response
 
     from gateway.http import admin, analytics, dashboard, feedback, health, predict, v2
+    from gateway.http import metrics as metrics_http
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics_http.bp)
     app.register_blueprint(v2.health_bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(predict.bp)

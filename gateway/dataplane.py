@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gateway.catalog import Catalog, Snapshot, VersionInfo
+from gateway.metrics import Metrics
 from gateway.outcomes import OutcomeLog, input_fingerprint, now, summarise_prediction
 from gateway.policy import choose_version, shadow_draws
 from gateway.policy_sync import PolicyCache
@@ -71,7 +72,9 @@ class InferenceResult:
 
 class DataPlane:
     def __init__(self, catalog: Catalog, runtime: ModelRuntime, policies: PolicyCache,
-                 shadows: ShadowPool, outcomes: OutcomeLog, ids: RequestIds) -> None:
+                 shadows: ShadowPool, outcomes: OutcomeLog, ids: RequestIds,
+                 metrics: Metrics) -> None:
+        self.metrics = metrics
         self.catalog = catalog
         self.runtime = runtime
         self.policies = policies
@@ -128,7 +131,7 @@ class DataPlane:
                 raise InvalidInput(f"the model could not run on this input: {message}"
                                    ) from None
         except GatewayError as exc:
-            self.outcomes.record(self._row(model, request_id, choice.version.version, "primary",
+            self._record(self._row(model, request_id, choice.version.version, "primary",
                                            choice.reason, choice.revision, started,
                                            status=exc.status, error_code=exc.code))
             raise
@@ -139,13 +142,17 @@ class DataPlane:
             model_ms=(finished - run_started) * 1000, total_ms=(finished - started) * 1000,
         )
         fingerprint = input_fingerprint(inputs)
-        self.outcomes.record(self._row(
+        self._record(self._row(
             model, request_id, result.version, "primary", choice.reason, choice.revision, started,
             model_ms=result.model_ms, outputs=outputs, fingerprint=fingerprint))
         for shadow in choice.shadows:
             result.deferred.append(
                 self._shadow_job(shadow, inputs, request_id, choice.revision, fingerprint))
         return result
+
+    def _record(self, row: dict[str, Any]) -> None:
+        self.outcomes.record(row)
+        self.metrics.outcome(row)
 
     def _row(self, model: str, request_id: str, version: int, kind: str, reason: str,
              revision: int | None, started: float, status: int = 200,
@@ -174,17 +181,18 @@ class DataPlane:
                 outputs = loaded.run(inputs, None)
             except Exception as exc:
                 code = exc.code if isinstance(exc, GatewayError) else "model_error"
-                self.outcomes.record(self._row(version.model, request_id, version.version,
+                self._record(self._row(version.model, request_id, version.version,
                                                "shadow", "shadow", revision, started,
                                                status=500, error_code=code))
                 return
             model_ms = (time.perf_counter() - run_started) * 1000
-            self.outcomes.record(self._row(version.model, request_id, version.version,
+            self._record(self._row(version.model, request_id, version.version,
                                            "shadow", "shadow", revision, started,
                                            model_ms=model_ms, outputs=outputs,
                                            fingerprint=fingerprint))
 
         def submit() -> None:
-            self.shadows.submit(run)
+            if not self.shadows.submit(run):
+                self.metrics.shadow_dropped.labels(version.model).inc()
 
         return submit

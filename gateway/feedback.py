@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 from gateway.dataplane import REQUEST_ID
+from gateway.metrics import Metrics
 from gateway.outcomes import OutcomeLog
 from registry.db import Database
 from registry.errors import GatewayError, InvalidInput, NotFound
 from registry.names import check_model_name
-from registry.outcomes import record_feedback, served_models
+from registry.outcomes import primary_prediction, record_feedback, served_models
 
 MAX_BATCH = 1000
 ITEM_KEYS = {"request_id", "label", "reward", "model"}
@@ -49,7 +50,9 @@ def parse_item(item: Any) -> tuple[str, int | None, float | None, str | None]:
 
 
 class FeedbackDesk:
-    def __init__(self, db: Database, outcomes: OutcomeLog, wait_seconds: float) -> None:
+    def __init__(self, db: Database, outcomes: OutcomeLog, wait_seconds: float,
+                 metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
         self._db = db
         self._outcomes = outcomes
         self._wait = wait_seconds
@@ -76,7 +79,20 @@ class FeedbackDesk:
         if len(models) > 1:
             raise InvalidInput(f"request id {request_id!r} was served by models {models}; "
                                "name one in 'model'")
-        return record_feedback(self._db, models[0], request_id, label, reward)
+        created = record_feedback(self._db, models[0], request_id, label, reward)
+        if created and label is not None and self._metrics is not None:
+            self._count_label(models[0], request_id, label)
+        return created
+
+    def _count_label(self, model: str, request_id: str, label: int) -> None:
+        found = primary_prediction(self._db, model, request_id)
+        if found is None:
+            found = next(((r["version"], r["predicted_label"]) for r in self._outcomes.pending()
+                          if r["request_id"] == request_id and r["model"] == model
+                          and r["kind"] == "primary"), None)
+        if found is not None and found[1] is not None and self._metrics is not None:
+            self._metrics.feedback_labels.labels(model, str(found[0]),
+                                                 str(found[1] == label).lower()).inc()
 
     def submit_batch(self, items: Any) -> list[dict[str, Any]]:
         if not isinstance(items, list) or not items:

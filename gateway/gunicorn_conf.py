@@ -40,6 +40,14 @@ def post_worker_init(worker: object) -> None:
         app["mgw"].start()
 
 
+def child_exit(server: object, worker: object) -> None:
+    """In the master: drop a dead worker's live gauges from the multiprocess metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
 def worker_exit(server: object, worker: object) -> None:
     app = getattr(getattr(worker, "wsgi", None), "extensions", None)
     if app is not None and "mgw" in app:

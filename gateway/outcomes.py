@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.metrics import Metrics
 from registry.db import Database
 from registry.outcomes import insert_outcomes
 
@@ -76,7 +77,10 @@ def summarise_prediction(outputs: dict[str, np.ndarray]) -> tuple[dict[str, Any]
 
 class OutcomeLog:
     def __init__(self, db: Database, spool_dir: Path, flush_seconds: float = 0.2,
-                 batch_size: int = 1000, max_buffer: int = 100_000) -> None:
+                 batch_size: int = 1000, max_buffer: int = 100_000,
+                 metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
+        self.last_ok_at = time.time()
         self._db = db
         self._spool = Path(spool_dir)
         self._flush_seconds = flush_seconds
@@ -151,6 +155,15 @@ class OutcomeLog:
         if self.db_ok:
             self._replay_spool()
         self.last_flush_at = time.time()
+        if self.db_ok:
+            self.last_ok_at = self.last_flush_at
+        self.report_gauges()
+
+    def report_gauges(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(len(self._buffer))
+            self._metrics.flush_lag.set(max(0.0, time.time() - self.last_ok_at))
+            self._metrics.spool_files.set(self.spool_files())
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         try:

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,9 @@ class ModelRuntime:
     """Bounded cache of warmed sessions, safe for the worker's threads."""
 
     def __init__(self, store: ArtifactStore, max_count: int, max_bytes: int,
-                 intra_op_threads: int) -> None:
+                 intra_op_threads: int,
+                 on_failure: Callable[[VersionInfo], None] | None = None) -> None:
+        self._on_failure = on_failure
         self._store = store
         self._max_count = max_count
         self._max_bytes = max_bytes
@@ -98,6 +101,8 @@ class ModelRuntime:
             except (ArtifactError, Exception) as exc:
                 reason = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
                 self.broken[version.sha256] = (time.monotonic(), reason)
+                if self._on_failure is not None:
+                    self._on_failure(version)
                 log.error("cannot load %s version %s (%s): %s", version.model, version.version,
                           version.sha256, reason)
                 raise Unavailable(

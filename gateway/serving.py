@@ -7,9 +7,11 @@ address to gunicorn's workers, and stops it after gunicorn has exited: it owns i
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from gateway.settings import Settings
 
@@ -22,6 +24,16 @@ def gunicorn_argv(bind: str, workers: int) -> list[str]:
         "--workers", str(workers),
         "gateway.app:create_app()",
     ]
+
+
+def fresh_metrics_dir(settings: Settings) -> Path:
+    """An empty directory for prometheus-client's multiprocess files (stale ones would add
+    counts from a previous run)."""
+    path = (settings.state_dir / "metrics").resolve()
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
 
 
 def serve(settings: Settings, bind: str, workers: int) -> int:
@@ -40,6 +52,7 @@ def serve(settings: Settings, bind: str, workers: int) -> int:
         embedded = EmbeddedRedis(settings.state_dir)
         started = embedded.ensure()
         env["GATEWAY_REDIS_URL"] = embedded.url
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(settings))
     proc = subprocess.Popen(gunicorn_argv(bind, workers), env=env)
 
     def forward(signum: int, _frame: object) -> None:

@@ -41,6 +41,16 @@ def served_models(db: Database, request_id: str) -> list[str]:
                                         Outcome.kind == "primary").distinct()))
 
 
+def primary_prediction(db: Database, model: str, request_id: str
+                       ) -> tuple[int, int | None] | None:
+    """(version, predicted label) of the primary outcome of a request, if logged."""
+    with db.read() as session:
+        row = session.execute(select(Outcome.version, Outcome.predicted_label).where(
+            Outcome.model == model, Outcome.request_id == request_id,
+            Outcome.kind == "primary")).first()
+    return (row[0], row[1]) if row else None
+
+
 def record_feedback(db: Database, model: str, request_id: str, label: int | None,
                     reward: float | None) -> bool:
     """Store feedback; True when new, False when the same feedback was already there."""

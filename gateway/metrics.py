@@ -1,0 +1,120 @@
+"""Prometheus metrics, correct under several gunicorn workers.
+
+`gateway serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before gunicorn starts, so
+every worker writes its samples to memory-mapped files there and any worker's `/metrics`
+aggregates all of them (prometheus-client's multiprocess mode; gunicorn's `child_exit` hook
+marks dead workers). Without that variable (tests, a single process) the metrics live in this
+app's own registry. Policy gauges are read at scrape time from the worker's policy copy, which
+every worker holds whole, so they need no aggregation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.policy import TrafficPolicy
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+
+
+class PolicyCollector:
+    def __init__(self, policies: Callable[[], dict[str, TrafficPolicy]]) -> None:
+        self._policies = policies
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        revision = GaugeMetricFamily("gateway_policy_revision", "Live traffic policy revision",
+                                     labels=["model"])
+        weight = GaugeMetricFamily("gateway_policy_weight", "Traffic weight of a version",
+                                   labels=["model", "version"])
+        shadow = GaugeMetricFamily("gateway_policy_shadow_percent",
+                                   "Percent of routed requests copied to a shadow version",
+                                   labels=["model", "version"])
+        for model, policy in sorted(self._policies().items()):
+            revision.add_metric([model], policy.revision)
+            for version, value in policy.weights:
+                weight.add_metric([model, str(version)], value)
+            for version, percent in policy.shadow:
+                shadow.add_metric([model, str(version)], percent)
+        yield revision
+        yield weight
+        yield shadow
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # In multiprocess mode samples go to files, not to a registry object.
+        own = None if self.multiprocess else CollectorRegistry()
+        self._own = own
+        labels = ["model", "version"]
+        self.requests = Counter("gateway_requests", "Requests served, by version and status",
+                                ["model", "version", "kind", "status"], registry=own)
+        self.errors = Counter("gateway_request_errors", "Requests that failed, by error code",
+                              ["model", "version", "code"], registry=own)
+        self.latency = Histogram("gateway_request_latency_seconds",
+                                 "Time in the gateway per request", labels,
+                                 buckets=LATENCY_BUCKETS, registry=own)
+        self.model_latency = Histogram("gateway_model_latency_seconds",
+                                       "onnxruntime run time per request", labels,
+                                       buckets=LATENCY_BUCKETS, registry=own)
+        self.shadow_runs = Counter("gateway_shadow_runs", "Shadow copies run", labels,
+                                   registry=own)
+        self.shadow_dropped = Counter("gateway_shadow_dropped",
+                                      "Shadow copies dropped because the pool was full",
+                                      ["model"], registry=own)
+        self.queue_depth = Gauge("gateway_outcome_queue_depth",
+                                 "Outcomes buffered in memory, not yet written",
+                                 registry=own, multiprocess_mode="livesum")
+        self.flush_lag = Gauge("gateway_outcome_flush_lag_seconds",
+                               "Seconds since outcomes last reached the database",
+                               registry=own, multiprocess_mode="livemax")
+        self.spool_files = Gauge("gateway_outcome_spool_files",
+                                 "Outcome batches spooled to disk awaiting the database",
+                                 registry=own, multiprocess_mode="livemax")
+        self.feedback_labels = Counter("gateway_feedback_labels",
+                                       "Label feedback, compared with the logged prediction",
+                                       ["model", "version", "correct"], registry=own)
+        self.load_failures = Counter("gateway_model_load_failures",
+                                     "Versions that failed to load (corrupt or unloadable)",
+                                     labels, registry=own)
+        self._policies: Callable[[], dict[str, TrafficPolicy]] = dict
+
+    def watch_policies(self, policies: Callable[[], dict[str, TrafficPolicy]]) -> None:
+        self._policies = policies
+
+    def outcome(self, row: dict[str, Any]) -> None:
+        model, version = row["model"], str(row["version"])
+        self.requests.labels(model, version, row["kind"], str(row["status"])).inc()
+        if row["status"] >= 400:
+            self.errors.labels(model, version, row["error_code"] or "error").inc()
+        if row["kind"] == "shadow":
+            self.shadow_runs.labels(model, version).inc()
+            return
+        self.latency.labels(model, version).observe(row["latency_ms"] / 1000)
+        if row.get("model_ms") is not None:
+            self.model_latency.labels(model, version).observe(row["model_ms"] / 1000)
+
+    def render(self) -> tuple[bytes, str]:
+        registry = CollectorRegistry()
+        if self.multiprocess:
+            MultiProcessCollector(registry)
+        else:
+            assert self._own is not None
+            registry = self._own
+        policy_registry = CollectorRegistry()
+        policy_registry.register(PolicyCollector(self._policies))
+        return generate_latest(registry) + generate_latest(policy_registry), CONTENT_TYPE_LATEST
