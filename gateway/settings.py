@@ -67,7 +67,7 @@ class Settings:
     feedback_wait_seconds: float = 1.0
     outcome_retention_days: int = 90
     secret_key: str | None = None
-    token_cache_seconds: float = 1.0
+    token_cache_seconds: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -160,3 +160,30 @@ def _retrained_mlp(examples_dir) -> bytes:
     entry = model.metadata_props.add()
     entry.key, entry.value = "retrained", "yes"
     return model.SerializeToString()
+
+
+def test_revoked_token_is_refused_by_every_worker_within_a_second(server, db, role_tokens):
+    from registry import tokens
+
+    headers = {"Authorization": f"Bearer {role_tokens['ops']}"}
+    workers = _worker_connections(server)
+    for conn in workers.values():
+        conn.request("GET", "/admin/models", headers=headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+    tokens.revoke_token(db, "test-ops", "tests")
+    revoked_at = time.monotonic()
+    refused: dict[int, float] = {}
+    while len(refused) < len(workers) and time.monotonic() - revoked_at < 5:
+        for pid, conn in workers.items():
+            if pid in refused:
+                continue
+            conn.request("GET", "/admin/models", headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status == 401:
+                refused[pid] = time.monotonic() - revoked_at
+        time.sleep(0.02)
+    print(f"revoked token refused by each worker after (s): {refused}")
+    assert len(refused) == 2 and max(refused.values()) < 1.0, refused
