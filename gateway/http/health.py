@@ -55,6 +55,11 @@ def readyz() -> Any:
             else:
                 versions[f"{name}:{number}"] = "loading"
     checks["versions"] = versions
+    # the contract: at least one routed version of each model ready in this worker
+    by_model: dict[str, bool] = {}
+    for key, state in versions.items():
+        model = key.split(":", 1)[0]
+        by_model[model] = by_model.get(model, False) or state == "ok"
     ready = (checks["registry"] == "ok" and checks["redis"] == "ok"
-             and all(v == "ok" for v in versions.values()))
+             and all(by_model.values()))
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
