@@ -24,5 +24,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# wrk against the floor server and the gateway, interleaved; not part of `make test`.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench needs wrk (apt-get install wrk)"; exit 2; }
+	$(BIN)/python -m bench.run --seconds 10 --rounds 3 --out bench/results/latest.md
+
 clean:
 	rm -rf $(VENV) .demo build *.egg-info
