@@ -14,7 +14,7 @@ from registry.store import ArtifactStore
 from tests.conftest import bearer, error_of
 from tests.onnx_factory import add_constant_model, unloadable_model
 
-PUBLIC = {"/healthz", "/readyz", "/metrics"}
+PUBLIC = {"/healthz", "/readyz", "/metrics"}  # plus /v2/health/* and the dashboard login
 
 
 def _upload(client, headers, data: bytes, name="m", metadata=None):
@@ -32,8 +32,10 @@ def _concrete(rule) -> str:
 
 
 def _guarded_routes(app):
+    from gateway.auth import PUBLIC_BLUEPRINTS
+
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.rule in PUBLIC or rule.rule.startswith("/v2/health"):
+        if rule.endpoint == "static" or rule.endpoint.split(".")[0] in PUBLIC_BLUEPRINTS:
             continue
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             yield method, _concrete(rule), rule.endpoint
@@ -63,6 +65,24 @@ def test_admin_routes_refuse_other_roles_with_403(app, client, role_tokens):
             response = client.open(path, method=method, headers=bearer(role_tokens[role]))
             assert response.status_code == 403, (role, method, path)
             assert error_of(response)["code"] == "forbidden"
+
+
+def test_analyst_routes_refuse_the_app_role_with_403(app, client, role_tokens):
+    routes = [r for r in _guarded_routes(app) if r[1].startswith(("/analytics", "/dashboard"))]
+    assert any(p.startswith("/analytics") for _, p, _ in routes)
+    for method, path, _ in routes:
+        response = client.open(path, method=method, headers=bearer(role_tokens["app"]))
+        assert response.status_code == 403, (method, path)
+        assert error_of(response)["code"] == "forbidden"
+
+
+def test_public_routes_are_only_health_metrics_and_login(app):
+    from gateway.auth import PUBLIC_BLUEPRINTS
+
+    public = sorted(r.rule for r in app.url_map.iter_rules()
+                    if r.endpoint.split(".")[0] in PUBLIC_BLUEPRINTS)
+    assert all(p in PUBLIC or p.startswith(("/v2/health/", "/dashboard/log")) for p in public), \
+        public
 
 
 def test_health_is_open(client):
