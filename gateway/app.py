@@ -209,4 +209,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(feedback.bp)
     app.register_blueprint(analytics.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(dashboard.login_bp)
     return app

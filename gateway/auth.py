@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from flask import Flask, g, request
+from flask import Flask, g, request, session
 from sqlalchemy.exc import SQLAlchemyError
 
 from registry.db import Database
@@ -21,7 +21,7 @@ from registry.tokens import TokenRecord, load_token, secret_matches, split_token
 
 log = logging.getLogger(__name__)
 
-PUBLIC_BLUEPRINTS = {"health", "v2_health", "metrics"}
+PUBLIC_BLUEPRINTS = {"health", "v2_health", "metrics", "dashboard_login"}
 BLUEPRINT_ROLES = {
     "predict": "app",
     "v2": "app",
@@ -102,7 +102,10 @@ def init_app(app: Flask, db: Database, enabled: bool, ttl_seconds: float) -> Non
         needed = required_role(request.blueprint)
         if needed is None or not enabled:
             return
-        record = verifier.verify(request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
+        if header is None and request.blueprint == "dashboard" and "token" in session:
+            header = f"Bearer {session['token']}"  # a browser signed in at /dashboard/login
+        record = verifier.verify(header)
         if not role_allows(record.role, needed):
             raise Forbidden(f"this route needs the {needed} role; the token has {record.role}")
         g.actor = record.name
