@@ -89,6 +89,7 @@ class OutcomeLog:
         self._buffer: deque[dict[str, Any]] = deque()
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -146,7 +147,15 @@ class OutcomeLog:
                 self._stop.wait(1.0)
 
     def flush(self) -> None:
-        """Write what is buffered; spool it when the database is down; replay old spools."""
+        """Write what is buffered; spool it when the database is down; replay old spools.
+
+        Serialised, so a caller (shutdown, a test) that flushes while the flusher thread is
+        mid-batch returns only once that batch is written too.
+        """
+        with self._flush_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         while True:
             batch = self._take()
             if not batch:

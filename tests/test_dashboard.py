@@ -285,6 +285,22 @@ def test_a_revoked_token_ends_the_session(client, digits, db, settings):
         assert "token" not in sess
 
 
+def test_with_auth_off_the_page_and_forms_are_open(settings, digits):
+    from gateway.app import create_app
+
+    app = create_app(settings.with_(auth=False))
+    try:
+        client = app.test_client()
+        html = page(client)
+        assert "anonymous · ops" in html and "auth off" in html and "Sign out" not in html
+        response = post_form(client, "/dashboard/models/digits/traffic",
+                             form_fields(html, **{"weight-2": "100"}))
+        assert response.status_code == 303
+        assert client.get("/admin/models/digits/traffic").get_json()["updated_by"] == "anonymous"
+    finally:
+        app.extensions["mgw"].close()
+
+
 # --- ops actions -------------------------------------------------------------------------------
 
 

@@ -111,7 +111,9 @@ def wait_for_requests(base: str, token: str, expected: int, timeout: float = 20)
 
 
 def test_dashboard_in_chromium(settings, db, digits, tmp_path, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
 
     ops = tokens.create_token(db, "ops", "browser-ops", "tests")
@@ -144,7 +146,9 @@ def test_dashboard_in_chromium(settings, db, digits, tmp_path, browser):
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "dashboard-login.png"))
         browser.find_element(By.NAME, "token").send_keys(ops)
-        browser.find_element(By.CSS_SELECTOR, ".login button[type=submit]").click()
+        login_form = browser.find_element(By.CSS_SELECTOR, ".login form")
+        login_form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(browser, 30).until(staleness_of(login_form))
         WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "model-digits"))
 
         def series(chart: str) -> set[str]:
@@ -164,7 +168,8 @@ def test_dashboard_in_chromium(settings, db, digits, tmp_path, browser):
                 field.send_keys(value)
         form.find_element(By.NAME, "reason").send_keys("more traffic to v2 (from the browser)")
         form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        WebDriverWait(browser, 30).until(
+        WebDriverWait(browser, 30).until(staleness_of(form))  # the next page has loaded
+        WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
             lambda d: "revision 2 is live" in d.find_element(By.TAG_NAME, "body").text)
 
         status, policy = call(base, "/admin/models/digits/traffic", ops)

@@ -704,8 +704,8 @@ def _error_page(status: int, message: str) -> Any:
 
 @bp.errorhandler(GatewayError)
 def _dashboard_error(exc: GatewayError) -> Any:
-    if isinstance(exc, Unauthorized) and "Authorization" not in request.headers:
-        session.pop("token", None)  # revoked or unknown: the cookie is of no further use
+    if isinstance(exc, Unauthorized) and "token" in session:
+        session.pop("token")  # revoked or unknown: the cookie is of no further use
     if not _wants_html():
         return error_response(exc.status, exc.code, exc.message)
     if isinstance(exc, Unauthorized) and request.method in ("GET", "HEAD"):
@@ -716,9 +716,10 @@ def _dashboard_error(exc: GatewayError) -> Any:
 
 def _security_headers(response: Any) -> Any:
     """No caching (pages hold CSRF tokens), no framing (ops buttons), no scripts at all."""
-    nonce = g.get("csp_nonce", "")
+    nonce = g.get("csp_nonce")
+    styles = f"'nonce-{nonce}'" if nonce else "'none'"
     response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
+        f"default-src 'none'; style-src {styles}; img-src 'self' data:; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
