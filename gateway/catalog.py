@@ -10,7 +10,6 @@ rate-limited so that requests for names that do not exist cannot hammer the data
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.codecs import TensorSpec
+from gateway.per_process import OncePerProcess
 from registry.db import Database
 from registry.errors import UnknownModel, UnknownVersion
 from registry.names import check_model_name, parse_version_ref
@@ -98,7 +98,7 @@ class Catalog:
         self._snapshot = Snapshot(counter=-1)
         self._lock = threading.Lock()
         self._last_miss_reload = 0.0
-        self._thread_pid: int | None = None
+        self._started = OncePerProcess()
         self._stop = threading.Event()
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.last_error: str | None = None
@@ -143,13 +143,8 @@ class Catalog:
 
     def ensure_started(self) -> None:
         """Start the poller in this process (after a fork, the parent's thread is gone)."""
-        pid = os.getpid()
-        if self._thread_pid == pid:
+        if not self._started.claim():
             return
-        with self._lock:
-            if self._thread_pid == pid:
-                return
-            self._thread_pid = pid
         if self._snapshot.counter < 0:
             self.reload()
         self._thread = threading.Thread(target=self._poll_loop, name="catalog-poll", daemon=True)

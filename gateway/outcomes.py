@@ -31,6 +31,7 @@ import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.metrics import Metrics
+from gateway.per_process import OncePerProcess
 from registry.db import Database
 from registry.outcomes import insert_outcomes
 
@@ -87,8 +88,7 @@ class OutcomeLog:
         self._batch = batch_size
         self._max_buffer = max_buffer
         self._buffer: deque[dict[str, Any]] = deque()
-        self._pid: int | None = None
-        self._lock = threading.Lock()
+        self._started = OncePerProcess()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -116,16 +116,11 @@ class OutcomeLog:
     # -- flusher -----------------------------------------------------------------------------
 
     def _ensure_started(self) -> None:
-        pid = os.getpid()
-        if self._pid == pid:
+        if not self._started.claim():
             return
-        with self._lock:
-            if self._pid == pid:
-                return
-            self._pid = pid
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="outcome-flush", daemon=True)
-            self._thread.start()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="outcome-flush", daemon=True)
+        self._thread.start()
 
     def start(self) -> None:
         self._ensure_started()

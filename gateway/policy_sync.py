@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -21,6 +20,7 @@ import orjson
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.per_process import OncePerProcess
 from gateway.policy import TrafficPolicy
 from registry.db import Database
 from registry.traffic import all_live_policies
@@ -101,8 +101,7 @@ class PolicyCache:
         self._db = db
         self._refresh = refresh_seconds
         self._policies: dict[str, TrafficPolicy] = {}
-        self._pid: int | None = None
-        self._lock = threading.Lock()
+        self._started = OncePerProcess()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.redis_ok = False
@@ -118,16 +117,11 @@ class PolicyCache:
         return dict(self._policies)
 
     def ensure_started(self) -> None:
-        pid = os.getpid()
-        if self._pid == pid:
+        if not self._started.claim():
             return
-        with self._lock:
-            if self._pid == pid:
-                return
-            self._pid = pid
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="policy-sync", daemon=True)
-            self._thread.start()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="policy-sync", daemon=True)
+        self._thread.start()
         self.loaded.wait(2.0)  # the first request should see the policies, not the defaults
 
     def stop(self) -> None:

@@ -15,6 +15,8 @@ import queue
 import threading
 from collections.abc import Callable
 
+from gateway.per_process import OncePerProcess
+
 log = logging.getLogger(__name__)
 
 SHADOW_NICE = 19
@@ -25,25 +27,19 @@ class ShadowPool:
         self._workers = workers
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=queue_size)
         self._threads: list[threading.Thread] = []
-        self._pid: int | None = None
-        self._lock = threading.Lock()
+        self._started = OncePerProcess()
         self.submitted = 0
         self.dropped = 0
         self.completed = 0
         self.failed = 0
 
     def _ensure_started(self) -> None:
-        pid = os.getpid()
-        if self._pid == pid:
+        if not self._started.claim():
             return
-        with self._lock:
-            if self._pid == pid:
-                return
-            self._pid = pid
-            self._threads = [threading.Thread(target=self._run, name=f"shadow-{i}", daemon=True)
-                             for i in range(self._workers)]
-            for thread in self._threads:
-                thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"shadow-{i}", daemon=True)
+                         for i in range(self._workers)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, job: Callable[[], None]) -> bool:
         """Queue `job` if there is room; False (and counted) when the copy is dropped."""
