@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -24,10 +24,20 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# wrk against the floor server and the gateway, interleaved; not part of `make test`.
+# wrk against the floor servers and the gateway, interleaved; not part of `make test`.
+# The full matrix takes about an hour (bench.run prints its estimate first); see bench/README.md.
+# Extra options: make bench BENCH_ARGS='--batching 32:2000 --gateway-env GATEWAY_THREADS=16'
 bench: $(STAMP)
-	@command -v wrk >/dev/null || { echo "bench needs wrk (apt-get install wrk)"; exit 2; }
-	$(BIN)/python -m bench.run --seconds 10 --rounds 3 --out bench/results/latest.md
+	@command -v wrk >/dev/null || { echo "bench needs wrk: sudo apt-get install wrk"; exit 2; }
+	$(BIN)/python -m bench.run --seconds 10 --rounds 3 --out bench/results/latest.md $(BENCH_ARGS)
+	$(BIN)/python -m bench.outcome_pipeline --out bench/results/outcomes.md
+
+# The must-show cases only, 3 s runs: a few minutes, for development.
+bench-quick: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench needs wrk: sudo apt-get install wrk"; exit 2; }
+	$(BIN)/python -m bench.run --seconds 3 --rounds 3 --out bench/results/quick.md \
+	    --cases 'digits b1 predict-json c1,digits b1 predict-json c8,mlp b1 predict-json c32,mlp b32 v2-binary c1' \
+	    $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info
