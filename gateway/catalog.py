@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.batching import BatchSettings
 from gateway.codecs import TensorSpec
 from gateway.per_process import OncePerProcess
 from registry.db import Database
@@ -40,6 +41,7 @@ class VersionInfo:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     stage: str
+    batching: BatchSettings | None = None  # the model's micro-batching settings; None is off
 
     @property
     def output_names(self) -> list[str]:
@@ -51,6 +53,7 @@ class ModelEntry:
     name: str
     versions: dict[int, VersionInfo]
     aliases: dict[str, int]
+    batching: BatchSettings | None = None
 
     @property
     def latest_live(self) -> VersionInfo | None:
@@ -67,7 +70,9 @@ class Snapshot:
 def load_snapshot(db: Database) -> Snapshot:
     counter = change_counter(db)
     with db.read() as session:
-        names = {m.id: m.name for m in session.scalars(select(Model))}
+        models = list(session.scalars(select(Model)))
+        names = {m.id: m.name for m in models}
+        batching = {m.name: BatchSettings.from_record(m.batching) for m in models}
         versions: dict[str, dict[int, VersionInfo]] = {n: {} for n in names.values()}
         aliases: dict[str, dict[str, int]] = {n: {} for n in names.values()}
         for row in session.scalars(select(ModelVersion)):
@@ -80,12 +85,13 @@ def load_snapshot(db: Database) -> Snapshot:
                 inputs=tuple(TensorSpec.from_record(r) for r in row.inputs),
                 outputs=tuple(TensorSpec.from_record(r) for r in row.outputs),
                 stage=row.stage,
+                batching=batching[name],
             )
         for alias in session.scalars(select(Alias)):
             aliases[names[alias.model_id]][alias.name] = alias.version
     return Snapshot(
         counter=counter,
-        models={n: ModelEntry(n, versions[n], aliases[n]) for n in names.values()},
+        models={n: ModelEntry(n, versions[n], aliases[n], batching[n]) for n in names.values()},
     )
 
 

@@ -166,10 +166,25 @@ def cmd_models_show(ctx: Context, args: argparse.Namespace) -> None:
 
             check_model_name(args.name)
             raise CliError(f"model {args.name!r} is not registered")
-        emit(args, models[0], lambda m: _versions_table(m["versions"]))
+        emit(args, models[0], lambda m: _batching_text(m["model"], m["batching"]) + "\n"
+             + _versions_table(m["versions"]))
         return
     record = service.get_version(ctx.db, args.name, args.version)
+    batching = service.get_batching(ctx.db, args.name)
+    record["batching"] = ({"max_batch": batching["max_batch"],
+                           "max_wait_us": batching["max_wait_us"]}
+                          if batching["enabled"] else None)
     emit(args, record, _record_text)
+
+
+def _batching_summary(value: dict[str, Any] | None) -> str:
+    if not value:
+        return "off"
+    return f"on, up to {value['max_batch']} rows per run, max wait {value['max_wait_us']} us"
+
+
+def _batching_text(name: str, value: dict[str, Any] | None) -> str:
+    return f"{name}: micro-batching {_batching_summary(value)}"
 
 
 def _record_text(r: dict[str, Any]) -> str:
@@ -180,6 +195,7 @@ def _record_text(r: dict[str, Any]) -> str:
     for kind in ("inputs", "outputs"):
         specs = ", ".join(f"{s['name']} {s['datatype']}{s['shape']}" for s in r[kind])
         lines.append(f"  {kind}: {specs}")
+    lines.append(f"  micro-batching: {_batching_summary(r.get('batching'))}")
     for key in ("dataset", "params", "metrics"):
         if r.get(key):
             lines.append(f"  {key}: {orjson.dumps(r[key]).decode()}")
@@ -207,6 +223,30 @@ def cmd_models_archive(ctx: Context, args: argparse.Namespace) -> None:
     live = versions_with_traffic(ctx.db, args.name)
     record = service.archive_version(ctx.db, args.name, args.version, actor(), args.reason, live)
     emit(args, record, lambda r: f"archived {r['model']} version {r['version']}")
+
+
+def _int_option(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise CliError(f"{option} must be an integer, got {value!r}") from None
+
+
+def cmd_models_batching(ctx: Context, args: argparse.Namespace) -> None:
+    max_batch = _int_option(args.max_batch, "--max-batch")
+    max_wait = _int_option(args.max_wait_us, "--max-wait-us")
+    if args.off:
+        if max_wait is not None:
+            raise CliError("--off takes no --max-wait-us")
+        settings: dict[str, Any] = {"enabled": False}
+    else:
+        settings = {"max_batch": max_batch}
+        if max_wait is not None:
+            settings["max_wait_us"] = max_wait
+    record = service.set_batching(ctx.db, args.name, settings, actor(), args.reason)
+    emit(args, record, lambda r: _batching_text(r["model"], r if r["enabled"] else None))
 
 
 def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
@@ -415,6 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
             json_flag=True)
     p.add_argument("name")
     p.add_argument("version")
+    p.add_argument("--reason", required=True)
+    p = add(models, "batching", cmd_models_batching,
+            "merge concurrent requests into one onnxruntime run (micro-batching), or stop",
+            json_flag=True)
+    p.add_argument("name")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--max-batch", metavar="ROWS", help="rows per merged run (1-4096)")
+    mode.add_argument("--off", action="store_true", help="run every request on its own")
+    p.add_argument("--max-wait-us", metavar="US",
+                   help="longest a run waits for more requests while they keep arriving "
+                        "(0-100000; default 0: never)")
     p.add_argument("--reason", required=True)
 
     traffic = sub.add_parser("traffic", help="traffic policies").add_subparsers(

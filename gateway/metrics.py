@@ -29,6 +29,19 @@ from gateway.policy import TrafficPolicy
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024, 4096)
+
+
+def multiprocess_mode() -> bool:
+    """True under `gateway serve`: samples go to files that every worker's `/metrics` adds up."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def batch_histogram(registry: CollectorRegistry | None) -> Histogram:
+    """Requests merged into each onnxruntime run of a model with micro-batching on (1 when a
+    request ran alone): what shows ops whether batching happens."""
+    return Histogram("gateway_batch_requests", "Requests per onnxruntime run, for models with "
+                     "micro-batching on", ["model"], buckets=BATCH_BUCKETS, registry=registry)
 
 
 class PolicyCollector:
@@ -56,7 +69,7 @@ class PolicyCollector:
 
 class Metrics:
     def __init__(self) -> None:
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.multiprocess = multiprocess_mode()
         # In multiprocess mode samples go to files, not to a registry object.
         own = None if self.multiprocess else CollectorRegistry()
         self._own = own
@@ -91,6 +104,8 @@ class Metrics:
         self.load_failures = Counter("gateway_model_load_failures",
                                      "Versions that failed to load (corrupt or unloadable)",
                                      labels, registry=own)
+        # Observed by the runtime's batchers (`ModelRuntime(batch_sizes=...)`).
+        self.batch_requests = batch_histogram(own)
         self._policies: Callable[[], dict[str, TrafficPolicy]] = dict
 
     def watch_policies(self, policies: Callable[[], dict[str, TrafficPolicy]]) -> None:

@@ -4,6 +4,11 @@ Sessions are keyed by content, so two versions (or two models) with the same byt
 session, and a session can never serve bytes other than those registered. Loading reads the
 artifact through the store, which verifies its sha256: a corrupted file is refused, remembered
 as broken (for `/readyz` and metrics) and re-checked only after a back-off.
+
+A model with micro-batching settings gets its session wrapped in a `Batcher` (one per model and
+session, rebuilt when the settings change), so `LoadedModel.run` merges concurrent requests
+without its callers knowing. A session whose signature or probe refuses merging keeps running
+requests one by one, whatever the settings say.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+from prometheus_client import CollectorRegistry, Histogram
 
+from gateway.batching import Batcher, merge_refusal, run_alone
 from gateway.catalog import VersionInfo
+from gateway.metrics import batch_histogram, multiprocess_mode
 from registry.errors import Unavailable
 from registry.inspect_onnx import session_options
 from registry.store import ArtifactError, ArtifactStore
@@ -33,13 +41,15 @@ class LoadedModel:
     sha256: str
     size_bytes: int
     session: ort.InferenceSession
+    batcher: Batcher | None = None
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
-        names = outputs or [o.name for o in self.session.get_outputs()]
-        values = self.session.run(names, inputs)
-        return dict(zip(names, values, strict=True))
+        if self.batcher is not None:
+            return self.batcher.run(inputs, outputs)
+        return run_alone(self.session, inputs,
+                         outputs or [o.name for o in self.session.get_outputs()])
 
 
 def warmup_inputs(version: VersionInfo) -> dict[str, np.ndarray]:
@@ -55,8 +65,13 @@ class ModelRuntime:
 
     def __init__(self, store: ArtifactStore, max_count: int, max_bytes: int,
                  intra_op_threads: int,
-                 on_failure: Callable[[VersionInfo], None] | None = None) -> None:
+                 on_failure: Callable[[VersionInfo], None] | None = None,
+                 batch_sizes: Histogram | None = None) -> None:
         self._on_failure = on_failure
+        # Requests per merged run, by model. Under gunicorn (multiprocess mode) samples go to the
+        # shared files whoever holds the histogram; otherwise they stay in a registry of ours.
+        self.batch_sizes = batch_sizes or batch_histogram(
+            None if multiprocess_mode() else CollectorRegistry())
         self._store = store
         self._max_count = max_count
         self._max_bytes = max_bytes
@@ -66,6 +81,8 @@ class ModelRuntime:
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         self.broken: dict[str, tuple[float, str]] = {}
+        self._batched: dict[tuple[str, str], LoadedModel] = {}  # (sha256, model) -> batching
+        self.merge_refusals: dict[str, str] = {}  # sha256 -> why it cannot batch ("" if it can)
 
     def get(self, version: VersionInfo) -> LoadedModel:
         loaded = self._sessions.get(version.sha256)
@@ -73,8 +90,50 @@ class ModelRuntime:
             with self._lock:
                 if version.sha256 in self._sessions:
                     self._sessions.move_to_end(version.sha256)
+        else:
+            loaded = self._load(version)
+        if version.batching is None:
             return loaded
-        return self._load(version)
+        return self._with_batching(version, loaded)
+
+    def _with_batching(self, version: VersionInfo, loaded: LoadedModel) -> LoadedModel:
+        """This model's batcher on the session, made on first use and again when the settings
+        change; the plain session when merging is refused."""
+        key = (version.sha256, version.model)
+
+        def current() -> LoadedModel | None:
+            view = self._batched.get(key)
+            if view is None or view.session is not loaded.session or view.batcher is None \
+                    or view.batcher.settings != version.batching:
+                return None
+            return view
+
+        view = current()
+        if view is not None:
+            return view
+        if self.merge_refusals.get(version.sha256):
+            return loaded
+        with self._lock:
+            load_lock = self._load_locks.setdefault(version.sha256, threading.Lock())
+        with load_lock:
+            view = current()
+            if view is not None:
+                return view
+            if version.sha256 not in self.merge_refusals:
+                refusal = merge_refusal(loaded.session, version.inputs, version.outputs)
+                self.merge_refusals[version.sha256] = refusal or ""
+                if refusal is not None:
+                    log.warning("%s version %s will not be micro-batched: %s", version.model,
+                                version.version, refusal)
+            if self.merge_refusals.get(version.sha256) or version.batching is None:
+                return loaded
+            sizes = self.batch_sizes.labels(version.model)
+            view = LoadedModel(loaded.sha256, loaded.size_bytes, loaded.session,
+                               Batcher(loaded.session, version.batching, sizes.observe))
+            with self._lock:
+                if version.sha256 in self._sessions:  # not evicted meanwhile
+                    self._batched[key] = view
+            return view
 
     def is_loaded(self, sha256: str) -> bool:
         return sha256 in self._sessions
@@ -125,10 +184,15 @@ class ModelRuntime:
                 continue
             del self._sessions[sha]
             self._bytes -= victim.size_bytes
+            self.merge_refusals.pop(sha, None)
+            for key in [k for k in self._batched if k[0] == sha]:
+                del self._batched[key]
 
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
+            self._batched.clear()
+            self.merge_refusals.clear()
             self._bytes = 0
 
     @property

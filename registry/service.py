@@ -1,4 +1,5 @@
-"""Registry operations: register, look up, alias and archive versions; every change audited.
+"""Registry operations: register, look up, alias and archive versions, set a model's serving
+settings (micro-batching); every change audited.
 
 Each function is one unit of work on a `Database`. Version numbers are assigned inside the
 writing transaction: SQLite serialises writers (`BEGIN IMMEDIATE`), PostgreSQL locks the model
@@ -25,6 +26,8 @@ from registry.tables import Alias, AuditEntry, Model, ModelVersion, utcnow
 METADATA_KEYS = {"description", "dataset", "params", "metrics", "parent_version", "aliases"}
 MAX_METADATA_JSON = 64 * 1024
 REGISTER_ATTEMPTS = 8
+MAX_BATCH_ROWS = 4096
+MAX_BATCH_WAIT_US = 100_000
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -338,6 +341,63 @@ def archive_version(
         return version_record(row, name, [])
 
 
+def _bounded_int(body: dict[str, Any], key: str, low: int, high: int, default: int | None
+                 ) -> int:
+    value = body.get(key, default)
+    if value is None:
+        raise InvalidInput(f"{key} is required: an integer from {low} to {high}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{key} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def check_batching(settings: Any) -> dict[str, int] | None:
+    """Validate micro-batching settings: `{"max_batch": 1..4096, "max_wait_us": 0..100000}`
+    (the wait defaults to 0, never wait), or `{"enabled": false}` for off (None)."""
+    if not isinstance(settings, dict):
+        raise InvalidInput('batching must be {"max_batch": N, "max_wait_us": U} or '
+                           '{"enabled": false}')
+    unknown = sorted(set(settings) - {"enabled", "max_batch", "max_wait_us"})
+    if unknown:
+        raise InvalidInput(f"unknown batching fields {unknown}; send max_batch, max_wait_us "
+                           "(or enabled: false)")
+    enabled = settings.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidInput("enabled must be true or false")
+    if not enabled:
+        if set(settings) - {"enabled"}:
+            raise InvalidInput("batching is either off ({\"enabled\": false}) or has settings, "
+                               "not both")
+        return None
+    return {"max_batch": _bounded_int(settings, "max_batch", 1, MAX_BATCH_ROWS, None),
+            "max_wait_us": _bounded_int(settings, "max_wait_us", 0, MAX_BATCH_WAIT_US, 0)}
+
+
+def batching_record(name: str, value: dict[str, Any] | None) -> dict[str, Any]:
+    return {"model": name, "enabled": value is not None,
+            "max_batch": value["max_batch"] if value else None,
+            "max_wait_us": value["max_wait_us"] if value else None}
+
+
+def get_batching(db: Database, name: str) -> dict[str, Any]:
+    with db.read() as session:
+        return batching_record(name, _model_or_404(session, name).batching)
+
+
+def set_batching(db: Database, name: str, settings: Any, actor: str, reason: str | None
+                 ) -> dict[str, Any]:
+    """Turn a model's micro-batching on, change it or turn it off. The audit row moves the
+    change counter, so every worker's catalog picks the settings up within a poll."""
+    value = check_batching(settings)
+    with db.session() as session:
+        model = _model_or_404(session, name)
+        previous = model.batching
+        model.batching = value
+        audit(session, actor, "model.batching", model=name, reason=reason,
+              detail={"from": previous, "to": value})
+        return batching_record(name, value)
+
+
 def get_version(db: Database, name: str, ref: Any) -> dict[str, Any]:
     """The version record with its lineage: ancestors (parent first) and direct children."""
     with db.read() as session:
@@ -374,6 +434,7 @@ def list_models(db: Database) -> list[dict[str, Any]]:
                         for v in model.versions
                     ],
                     "aliases": {a.name: a.version for a in model.aliases},
+                    "batching": model.batching,
                 }
             )
         return out

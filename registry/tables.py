@@ -34,6 +34,9 @@ class Model(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Micro-batching settings for every version of the model: {"max_batch", "max_wait_us"};
+    # NULL is off.
+    batching: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     versions: Mapped[list[ModelVersion]] = relationship(
         back_populates="model", order_by="ModelVersion.version"

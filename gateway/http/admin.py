@@ -1,4 +1,4 @@
-"""Ops routes: the registry (versions, aliases, archive) and the audit trail."""
+"""Ops routes: the registry (versions, aliases, archive, batching) and the audit trail."""
 
 from __future__ import annotations
 
@@ -100,6 +100,22 @@ def archive(name: str, ref: str) -> Any:
     live = traffic_sql.versions_with_traffic(svc.db, name)
     record = service.archive_version(svc.db, name, ref, g.actor, _reason(body), live)
     return json_response(record)
+
+
+@bp.get("/models/<name>/batching")
+def get_batching(name: str) -> Any:
+    return json_response(service.get_batching(services().db, name))
+
+
+@bp.put("/models/<name>/batching")
+def put_batching(name: str) -> Any:
+    """`{"max_batch": N, "max_wait_us": U, "reason": R}` turns micro-batching on (or changes
+    it); `{"enabled": false, "reason": R}` turns it off."""
+    svc = services()
+    body = read_json_object(svc.settings.max_body_bytes)
+    reason = _reason(body)
+    settings = {key: value for key, value in body.items() if key != "reason"}
+    return json_response(service.set_batching(svc.db, name, settings, g.actor, reason))
 
 
 @bp.get("/models/<name>/traffic")
