@@ -22,21 +22,24 @@ from registry.db import Database
 from registry.errors import Conflict, InvalidInput
 from registry.tables import Alias, Feedback, Model, Outcome
 
-
 OUTCOME_COLUMNS = tuple(c.name for c in Outcome.__table__.columns if c.name != "id")
 JSON_COLUMNS = frozenset(c.name for c in Outcome.__table__.columns if isinstance(c.type, JSON))
 CONFLICT = "ON CONFLICT (model, request_id, kind, version) DO NOTHING"
+
+
+def _sql_type(name: str) -> str:
+    return str(Outcome.__table__.c[name].type.compile(dialect=postgresql.dialect()))
+
+
 # Static SQL from the table's own columns: nothing from input is ever interpolated.
-SQLITE_INSERT = (f"INSERT INTO outcomes ({', '.join(OUTCOME_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(OUTCOME_COLUMNS))}) {CONFLICT}")
-POSTGRES_INSERT = (
-    f"INSERT INTO outcomes ({', '.join(OUTCOME_COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"%b::{Outcome.__table__.c[name].type.compile(dialect=postgresql.dialect())}[]"
-                for name in OUTCOME_COLUMNS)
-    + f") {CONFLICT}")
+_COLUMN_LIST = ", ".join(OUTCOME_COLUMNS)
+SQLITE_INSERT = "INSERT INTO outcomes ({}) VALUES ({}) {}".format(  # noqa: S608
+    _COLUMN_LIST, ", ".join("?" * len(OUTCOME_COLUMNS)), CONFLICT)
+POSTGRES_INSERT = "INSERT INTO outcomes ({}) SELECT * FROM unnest({}) {}".format(  # noqa: S608
+    _COLUMN_LIST, ", ".join(f"%b::{_sql_type(name)}[]" for name in OUTCOME_COLUMNS), CONFLICT)
 
 
-def _sqlite_ts(ts: datetime) -> str:
+def _sqlite_ts(ts: Any) -> str:
     """The text SQLAlchemy's SQLite DateTime stores (UTC wall time, microseconds, no zone)."""
     if ts.tzinfo is not None and ts.utcoffset():
         ts = ts.astimezone(UTC)
