@@ -44,26 +44,42 @@ class TokenVerifier:
         self._db = db
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+        # whole Authorization headers already verified: skips parsing and the salted hash
+        self._verified: dict[str, tuple[float, TokenRecord]] = {}
         self._lock = threading.Lock()
 
-    def _record(self, key_id: str) -> TokenRecord | None:
+    def _record(self, key_id: str) -> tuple[float, TokenRecord | None]:
+        """(when it was read from the registry, the record or None when unknown)."""
         now = time.monotonic()
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
+            return cached
         try:
             record = load_token(self._db, key_id)
         except SQLAlchemyError:
             if cached is not None:
-                return cached[1]
+                return cached
             raise Unavailable("the token store is unreachable; try again shortly") from None
         with self._lock:
             if len(self._cache) > 10_000:  # unknown key ids must not grow memory without bound
                 self._cache.clear()
             self._cache[key_id] = (now, record)
-        return record
+        return now, record
 
     def verify(self, header: str | None) -> TokenRecord:
+        if header:
+            hit = self._verified.get(header)
+            if hit is not None and time.monotonic() - hit[0] < self._ttl:
+                return hit[1]
+        read_at, record = self._verify(header)
+        assert header is not None
+        with self._lock:  # aged from the registry read, so revocation still lands within ttl
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[header] = (read_at, record)
+        return record
+
+    def _verify(self, header: str | None) -> tuple[float, TokenRecord]:
         if not header:
             raise Unauthorized("send Authorization: Bearer <token>")
         scheme, _, token = header.partition(" ")
@@ -72,10 +88,10 @@ class TokenVerifier:
         parts = split_token(token.strip())
         if parts is None:
             raise Unauthorized("the token is malformed")
-        record = self._record(parts[0])
+        read_at, record = self._record(parts[0])
         if record is None or record.revoked or not secret_matches(record, parts[1]):
             raise Unauthorized("the token is unknown or revoked")
-        return record
+        return read_at, record
 
 
 def required_role(blueprint: str | None) -> str | None:

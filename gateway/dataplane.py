@@ -9,9 +9,9 @@ deferred work that the HTTP layer starts once the response has been sent.
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 
 from gateway.catalog import Catalog, Snapshot, VersionInfo
 from gateway.metrics import Metrics
-from gateway.outcomes import OutcomeLog, input_fingerprint, now, summarise_prediction
+from gateway.outcomes import OutcomeLog, input_fingerprint, now
 from gateway.policy import choose_version, shadow_draws
 from gateway.policy_sync import PolicyCache
 from gateway.request_ids import RequestIds
@@ -37,7 +37,9 @@ Decoder = Callable[[VersionInfo], tuple[dict[str, np.ndarray], list[str] | None]
 def request_id_from(header: str | None) -> str:
     """The caller's id when it is well-formed, a fresh one when absent; anything else is 400."""
     if header is None:
-        return uuid.uuid4().hex
+        # 128 random bits without a getrandom() syscall per request (uuid4's cost); `random`
+        # reseeds itself in each forked worker, so workers never share a sequence
+        return f"{random.getrandbits(128):032x}"
     if not REQUEST_ID.fullmatch(header):
         raise InvalidInput("X-Request-Id must match [A-Za-z0-9_.:-]{1,128}")
     return header
@@ -159,15 +161,12 @@ class DataPlane:
              error_code: str | None = None, model_ms: float | None = None,
              outputs: dict[str, np.ndarray] | None = None, fingerprint: str | None = None
              ) -> dict[str, Any]:
-        prediction, label = summarise_prediction(outputs) if outputs is not None else (None,
-                                                                                        None)
         return {
             "request_id": request_id, "model": model,
             "version": version, "kind": kind, "reason": reason, "revision": revision,
             "ts": now(), "latency_ms": (time.perf_counter() - started) * 1000,
             "model_ms": model_ms, "status": status, "error_code": error_code,
-            "prediction": prediction, "predicted_label": label, "input_sha256": fingerprint,
-            "inputs": None,
+            "outputs": outputs, "input_sha256": fingerprint, "inputs": None,
         }
 
     def _shadow_job(self, version: VersionInfo, inputs: dict[str, np.ndarray],

@@ -61,8 +61,8 @@ class FeedbackDesk:
         deadline = time.monotonic() + (self._wait if wait else 0)
         while True:
             models = set(served_models(self._db, request_id))
-            models |= {r["model"] for r in self._outcomes.pending()
-                       if r["request_id"] == request_id and r["kind"] == "primary"}
+            models |= {r["model"] for r in self._outcomes.find_pending(request_id)
+                       if r["kind"] == "primary"}
             if models or time.monotonic() >= deadline:
                 return sorted(models)
             time.sleep(0.05)
@@ -87,9 +87,9 @@ class FeedbackDesk:
     def _count_label(self, model: str, request_id: str, label: int) -> None:
         found = primary_prediction(self._db, model, request_id)
         if found is None:
-            found = next(((r["version"], r["predicted_label"]) for r in self._outcomes.pending()
-                          if r["request_id"] == request_id and r["model"] == model
-                          and r["kind"] == "primary"), None)
+            found = next(((r["version"], r["predicted_label"])
+                          for r in self._outcomes.find_pending(request_id)
+                          if r["model"] == model and r["kind"] == "primary"), None)
         if found is not None and found[1] is not None and self._metrics is not None:
             self._metrics.feedback_labels.labels(model, str(found[0]),
                                                  str(found[1] == label).lower()).inc()

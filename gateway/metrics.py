@@ -107,21 +107,39 @@ class Metrics:
         # Observed by the runtime's batchers (`ModelRuntime(batch_sizes=...)`).
         self.batch_requests = batch_histogram(own)
         self._policies: Callable[[], dict[str, TrafficPolicy]] = dict
+        # labels() takes a lock and builds a key per call; a request's children are looked up
+        # once per (model, version, kind, status) and reused
+        self._children: dict[tuple[str, int, str, int], tuple[Any, ...]] = {}
 
     def watch_policies(self, policies: Callable[[], dict[str, TrafficPolicy]]) -> None:
         self._policies = policies
 
+    def _outcome_children(self, model: str, version: int, kind: str, status: int
+                          ) -> tuple[Any, ...]:
+        key = (model, version, kind, status)
+        children = self._children.get(key)
+        if children is None:
+            v = str(version)
+            children = (self.requests.labels(model, v, kind, str(status)),
+                        self.latency.labels(model, v), self.model_latency.labels(model, v),
+                        self.shadow_runs.labels(model, v))
+            if len(self._children) < 10_000:  # label sets are bounded by the registry anyway
+                self._children[key] = children
+        return children
+
     def outcome(self, row: dict[str, Any]) -> None:
-        model, version = row["model"], str(row["version"])
-        self.requests.labels(model, version, row["kind"], str(row["status"])).inc()
+        requests, latency, model_latency, shadow_runs = self._outcome_children(
+            row["model"], row["version"], row["kind"], row["status"])
+        requests.inc()
         if row["status"] >= 400:
-            self.errors.labels(model, version, row["error_code"] or "error").inc()
+            self.errors.labels(row["model"], str(row["version"]),
+                               row["error_code"] or "error").inc()
         if row["kind"] == "shadow":
-            self.shadow_runs.labels(model, version).inc()
+            shadow_runs.inc()
             return
-        self.latency.labels(model, version).observe(row["latency_ms"] / 1000)
+        latency.observe(row["latency_ms"] / 1000)
         if row.get("model_ms") is not None:
-            self.model_latency.labels(model, version).observe(row["model_ms"] / 1000)
+            model_latency.observe(row["model_ms"] / 1000)
 
     def render(self) -> tuple[bytes, str]:
         registry = CollectorRegistry()

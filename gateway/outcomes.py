@@ -76,6 +76,20 @@ def summarise_prediction(outputs: dict[str, np.ndarray]) -> tuple[dict[str, Any]
     return summary, label
 
 
+def complete_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Fill `prediction` and `predicted_label` from the raw `outputs` a request left behind.
+
+    Request threads hand over the model's output arrays as they are; summarising them (numpy
+    slicing, `tolist`) happens here, on the flusher's thread, in batches, and not while the
+    caller waits for its response.
+    """
+    if "outputs" in row:
+        outputs = row.pop("outputs")
+        row["prediction"], row["predicted_label"] = (
+            summarise_prediction(outputs) if outputs is not None else (None, None))
+    return row
+
+
 class OutcomeLog:
     def __init__(self, db: Database, spool_dir: Path, flush_seconds: float = 0.2,
                  batch_size: int = 1000, max_buffer: int = 100_000,
@@ -106,9 +120,11 @@ class OutcomeLog:
         if len(self._buffer) >= self._max_buffer:
             self._wake.set()
 
-    def pending(self) -> list[dict[str, Any]]:
-        """Rows not yet handed to the flusher (feedback checks them for fresh request ids)."""
-        return list(self._buffer)
+    def find_pending(self, request_id: str) -> list[dict[str, Any]]:
+        """Completed copies of the rows for a request id that the flusher has not taken yet
+        (feedback looks here for a request answered a moment ago)."""
+        return [complete_row(dict(row)) for row in list(self._buffer)
+                if row["request_id"] == request_id]
 
     def depth(self) -> int:
         return len(self._buffer)
@@ -128,7 +144,7 @@ class OutcomeLog:
     def _take(self) -> list[dict[str, Any]]:
         batch: list[dict[str, Any]] = []
         while self._buffer and len(batch) < self._batch:
-            batch.append(self._buffer.popleft())
+            batch.append(complete_row(self._buffer.popleft()))
         return batch
 
     def _run(self) -> None:
