@@ -184,7 +184,8 @@ def create_app(settings: Settings | None = None) -> Flask:
                                v.model, str(v.version)).inc())
     client = connect_redis(redis_url_for(settings))
     channel = PolicyChannel(client, settings.redis_prefix)
-    policies = PolicyCache(channel, db, settings.policy_refresh_seconds)
+    policies = PolicyCache(channel, db, settings.policy_refresh_seconds,
+                           on_propagated=metrics.policy_propagated)
     shadows = ShadowPool(settings.shadow_workers, settings.shadow_queue)
     outcomes = OutcomeLog(db, settings.state_dir / "spool", settings.outcome_flush_seconds,
                           metrics=metrics)

@@ -11,6 +11,7 @@ every worker holds whole, so they need no aggregation.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,6 +43,9 @@ def batch_histogram(registry: CollectorRegistry | None) -> Histogram:
     request ran alone): what shows ops whether batching happens."""
     return Histogram("gateway_batch_requests", "Requests per onnxruntime run, for models with "
                      "micro-batching on", ["model"], buckets=BATCH_BUCKETS, registry=registry)
+
+PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                       10.0, 30.0)
 
 
 class PolicyCollector:
@@ -106,10 +110,21 @@ class Metrics:
                                      labels, registry=own)
         # Observed by the runtime's batchers (`ModelRuntime(batch_sizes=...)`).
         self.batch_requests = batch_histogram(own)
+        self.policy_propagation = Histogram(
+            "gateway_policy_propagation_seconds",
+            "From a traffic policy change being published to this worker routing by it",
+            ["model"], buckets=PROPAGATION_BUCKETS, registry=own)
         self._policies: Callable[[], dict[str, TrafficPolicy]] = dict
         # labels() takes a lock and builds a key per call; a request's children are looked up
         # once per (model, version, kind, status) and reused
         self._children: dict[tuple[str, int, str, int], tuple[Any, ...]] = {}
+
+    def policy_propagated(self, policy: TrafficPolicy) -> None:
+        """Observe the delay from the change's publication to Redis (by the writer's clock:
+        the same host, or NTP-synced hosts) to now, when this worker routes by it."""
+        if policy.published_at is not None:
+            delay = max(0.0, time.time() - float(policy.published_at))
+            self.policy_propagation.labels(policy.model).observe(delay)
 
     def watch_policies(self, policies: Callable[[], dict[str, TrafficPolicy]]) -> None:
         self._policies = policies

@@ -33,6 +33,7 @@ class TrafficPolicy:
     updated_at: str | None = None
     updated_by: str | None = None
     reason: str | None = None
+    published_at: float | None = None  # when it was written to Redis (epoch seconds)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrafficPolicy:
@@ -44,6 +45,7 @@ class TrafficPolicy:
             updated_at=data.get("updated_at"),
             updated_by=data.get("updated_by"),
             reason=data.get("reason"),
+            published_at=data.get("published_at"),
         )
 
     def to_dict(self) -> dict[str, Any]:

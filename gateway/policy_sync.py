@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -55,8 +56,12 @@ class PolicyChannel:
         return f"{self.prefix}policy:{model}"
 
     def publish(self, policy: dict[str, Any]) -> bool:
-        """Make `policy` live unless Redis already holds a newer revision."""
-        document = orjson.dumps({k: v for k, v in policy.items() if k != "action"})
+        """Make `policy` live unless Redis already holds a newer revision.
+
+        `published_at` (this host's clock) lets every worker time how long the change took to
+        reach it (`gateway_policy_propagation_seconds`)."""
+        document = orjson.dumps({**{k: v for k, v in policy.items() if k != "action"},
+                                 "published_at": time.time()})
         result = self._set_if_newer(
             keys=[self.key(policy["model"]), self.models_key, self.channel],
             args=[document, policy["revision"], policy["model"]],
@@ -95,8 +100,9 @@ class PolicyChannel:
 class PolicyCache:
     """This process's copy of every live policy, kept fresh by one background thread."""
 
-    def __init__(self, channel: PolicyChannel, db: Database, refresh_seconds: float = 1.0
-                 ) -> None:
+    def __init__(self, channel: PolicyChannel, db: Database, refresh_seconds: float = 1.0,
+                 on_propagated: Callable[[TrafficPolicy], None] | None = None) -> None:
+        self._on_propagated = on_propagated
         self._channel = channel
         self._db = db
         self._refresh = refresh_seconds
@@ -129,11 +135,20 @@ class PolicyCache:
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=5)
 
-    def apply(self, policy: TrafficPolicy) -> None:
-        """Install a policy this process just wrote, without waiting for the round trip."""
+    def apply(self, policy: TrafficPolicy) -> bool:
+        """Install a policy if it is newer than the one held; True when it was.
+
+        Called directly for a policy this process just wrote (no round trip to wait for)."""
         current = self._policies.get(policy.model)
         if current is None or current.revision < policy.revision:
             self._policies = {**self._policies, policy.model: policy}
+            return True
+        return False
+
+    def _received(self, policy: TrafficPolicy) -> None:
+        """A change written elsewhere reached this worker: install it and report the delay."""
+        if self.apply(policy) and self._on_propagated is not None and self.loaded.is_set():
+            self._on_propagated(policy)
 
     # -- background thread -------------------------------------------------------------------
 
@@ -152,12 +167,8 @@ class PolicyCache:
                 log.info("restored %d live traffic policies from the registry", count)
             except SQLAlchemyError as exc:
                 log.warning("cannot restore policies from the registry yet: %s", exc)
-        fresh = self._channel.read_all()
-        merged = dict(self._policies)
-        for model, policy in fresh.items():
-            if model not in merged or merged[model].revision <= policy.revision:
-                merged[model] = policy
-        self._policies = merged
+        for policy in self._channel.read_all().values():
+            self._received(policy)
         self.loaded.set()
 
     def _run(self) -> None:
@@ -177,7 +188,7 @@ class PolicyCache:
                         model = model.decode() if isinstance(model, bytes) else model
                         policy = self._channel.read(model)
                         if policy is not None:
-                            self.apply(policy)
+                            self._received(policy)
                     if time.monotonic() >= next_full:
                         self._reload_all()
                         next_full = time.monotonic() + self._refresh
