@@ -11,6 +11,7 @@ worse for three or more.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -59,7 +60,7 @@ class TrafficPolicy:
             "reason": self.reason,
         }
 
-    @property
+    @functools.cached_property
     def live(self) -> tuple[tuple[int, int], ...]:
         return tuple((v, w) for v, w in self.weights if w > 0)
 
