@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -42,14 +42,19 @@ class LoadedModel:
     size_bytes: int
     session: ort.InferenceSession
     batcher: Batcher | None = None
+    # every output, looked up once: get_outputs() builds new NodeArg objects on each call
+    output_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.output_names:
+            self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
         if self.batcher is not None:
             return self.batcher.run(inputs, outputs)
-        return run_alone(self.session, inputs,
-                         outputs or [o.name for o in self.session.get_outputs()])
+        return run_alone(self.session, inputs, outputs or self.output_names)
 
 
 def warmup_inputs(version: VersionInfo) -> dict[str, np.ndarray]:
