@@ -161,7 +161,7 @@ class DashboardSessions(SecureCookieSessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
         if not request.path.startswith("/dashboard"):
-            return None
+            return self.make_null_session(app)
         return super().open_session(app, request)
 
 
