@@ -397,6 +397,12 @@ def cmd_outcomes_prune(ctx: Context, args: argparse.Namespace) -> None:
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> None:
     from gateway.serving import serve
 
+    if args.worker_class:
+        os.environ["GATEWAY_WORKER_CLASS"] = args.worker_class
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError("--threads must be at least 1")
+        os.environ["GATEWAY_THREADS"] = str(args.threads)
     status = serve(ctx.settings, bind=args.bind, workers=args.workers)
     if status:
         raise CliError(f"gunicorn exited with status {status}")
@@ -516,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "serve", cmd_serve, "serve with gunicorn")
     p.add_argument("--bind", default=os.environ.get("GATEWAY_BIND", "127.0.0.1:8000"))
     p.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "2")))
+    p.add_argument("--worker-class", choices=["gthread", "sync"], default=None,
+                   help="gunicorn worker class (default gthread; see docs/performance.md)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per gthread worker (default GATEWAY_THREADS or 4)")
 
     p = add(sub, "demo", cmd_demo, "build, register and serve the example models")
     p.add_argument("--dir", default=".", help="working directory for the demo's files")

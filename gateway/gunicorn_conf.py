@@ -16,8 +16,9 @@ import os
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-worker_class = "gthread"
-threads = int(os.environ.get("GATEWAY_THREADS", "4"))
+worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gthread")
+# gunicorn turns `sync` with threads > 1 into gthread; keep `sync` what it says
+threads = 1 if worker_class == "sync" else int(os.environ.get("GATEWAY_THREADS", "4"))
 timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "30"))
 graceful_timeout = 20
 keepalive = 5
