@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint bench bench-quick bench-workers clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -38,6 +38,11 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --seconds 3 --rounds 3 --out bench/results/quick.md \
 	    --cases 'digits b1 predict-json c1,digits b1 predict-json c8,mlp b1 predict-json c32,mlp b32 v2-binary c1' \
 	    $(BENCH_ARGS)
+
+# gunicorn worker class and threads per worker, compared in one interleaved run (about 12 min).
+bench-workers: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench needs wrk: sudo apt-get install wrk"; exit 2; }
+	$(BIN)/python -m bench.worker_config --out bench/results/workers.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info
