@@ -181,7 +181,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     runtime = ModelRuntime(store, settings.session_cache_count, settings.session_cache_bytes,
                            settings.intra_op_threads,
                            on_failure=lambda v: metrics.load_failures.labels(
-                               v.model, str(v.version)).inc())
+                               v.model, str(v.version)).inc(),
+                           batch_sizes=metrics.batch_requests)
     client = connect_redis(redis_url_for(settings))
     channel = PolicyChannel(client, settings.redis_prefix)
     policies = PolicyCache(channel, db, settings.policy_refresh_seconds,
