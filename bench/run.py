@@ -210,8 +210,9 @@ def start_floor(kind: str, model: Path, work: Path, env: dict[str, str]) -> Serv
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
     if kind == "sync":  # gunicorn's defaults; no control socket, shared by all gunicorns
         argv += ["-k", "sync", "-w", "2", "--no-control-socket"]
-    else:
+    else:  # the gateway's gunicorn config, in its gthread form
         argv[3:3] = ["-c", "python:gateway.gunicorn_conf"]
+        env = {"GATEWAY_WORKER_CLASS": "gthread", **env}
     argv.append("bench.floor:app")
     return Server(f"floor-{kind}", argv, {**env, "BENCH_MODEL": str(model)}, REPO, port, work)
 

@@ -1,8 +1,12 @@
 """gunicorn settings: used by `gateway serve` (`-c python:gateway.gunicorn_conf`).
 
-- Worker class `gthread`: inference is CPU-bound and short, so a process per core does the work;
-  a few threads per worker keep a slow client or a feedback post from blocking the worker while
-  onnxruntime releases the GIL during a run.
+- Worker class `sync` by default, chosen by measurement (docs/performance.md): inference is
+  CPU-bound and short, so one process per core with one request at a time did best at every
+  concurrency measured; gthread's hand-offs between its poller and pool threads cost 0.2 ms a
+  request. The price: a slow client holds a whole worker, so run it behind a buffering proxy
+  (nginx in docker-compose.yml). `GATEWAY_WORKER_CLASS=gthread` (or `gateway serve
+  --worker-class gthread --threads 16`) is for models with micro-batching, which can only merge
+  requests that are in one worker at the same time.
 - No `preload_app`: each worker builds its app after fork, so database pools, onnxruntime
   sessions, Redis connections and background threads are never shared across a fork. The cost
   is that each worker loads its own sessions (they are per-process anyway).
@@ -16,7 +20,7 @@ import os
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "gthread")
+worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "sync")
 # gunicorn turns `sync` with threads > 1 into gthread; keep `sync` what it says
 threads = 1 if worker_class == "sync" else int(os.environ.get("GATEWAY_THREADS", "4"))
 timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "30"))

@@ -516,7 +516,8 @@ def test_served_gateway_merges_concurrent_requests_after_the_cli_turns_batching_
     rng = np.random.default_rng(3)
     rows = rng.standard_normal((400, 512)).astype(np.float32)
     (expected,) = _session(mlp_bytes).run(["logits"], {"input": rows})
-    env = {**server_env(settings), "GATEWAY_THREADS": "8"}
+    # merging needs several requests in one worker at once: threads, not the sync default
+    env = {**server_env(settings), "GATEWAY_WORKER_CLASS": "gthread", "GATEWAY_THREADS": "8"}
     with gateway_server(env, workers=2, cwd=tmp_path) as base:
         assert _scrape(base)["runs"] == 0
         for key, value in server_env(settings).items():
