@@ -113,13 +113,15 @@ def init_app(app: Flask, db: Database, enabled: bool, ttl_seconds: float) -> Non
     @app.before_request
     def _authenticate() -> None:
         g.actor = ANONYMOUS
-        if request.endpoint is None:  # 404/405: let the error handler answer
+        req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+        if req.url_rule is None:  # 404/405: let the error handler answer
             return
-        needed = required_role(request.blueprint)
+        blueprint = req.blueprint
+        needed = required_role(blueprint)
         if needed is None or not enabled:
             return
-        header = request.headers.get("Authorization")
-        if header is None and request.blueprint == "dashboard" and "token" in session:
+        header = req.environ.get("HTTP_AUTHORIZATION")
+        if header is None and blueprint == "dashboard" and "token" in session:
             header = f"Bearer {session['token']}"  # a browser signed in at /dashboard/login
         record = verifier.verify(header)
         if not role_allows(record.role, needed):

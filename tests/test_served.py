@@ -27,6 +27,15 @@ def server(settings, digits, role_tokens, tmp_path):
         yield base
 
 
+@pytest.fixture
+def threaded_server(settings, digits, role_tokens, tmp_path):
+    """gthread workers keep a connection on one worker, which is how a test reaches each of
+    them; the default sync workers close the connection after every response."""
+    env = {**server_env(settings), "GATEWAY_WORKER_CLASS": "gthread"}
+    with gateway_server(env, workers=2, cwd=tmp_path) as base:
+        yield base
+
+
 def _auth(role_tokens, role="app"):
     return {"Authorization": f"Bearer {role_tokens[role]}"}
 
@@ -131,11 +140,11 @@ def _predict_on(conn, body: bytes, headers) -> dict:
     return payload
 
 
-def test_new_version_reaches_both_workers_within_a_second(server, settings, digits, db,
+def test_new_version_reaches_both_workers_within_a_second(threaded_server, settings, digits, db,
                                                           role_tokens, examples_dir):
     headers = _auth(role_tokens)
     body = orjson.dumps({"model": "digits", "inputs": [digits["X"][0].tolist()]})
-    workers = _worker_connections(server)
+    workers = _worker_connections(threaded_server)
     for conn in workers.values():  # both workers serve the current newest version (3)
         assert _predict_on(conn, body, headers)["version"] == 3
     new = service.register_version(
@@ -162,11 +171,12 @@ def _retrained_mlp(examples_dir) -> bytes:
     return model.SerializeToString()
 
 
-def test_revoked_token_is_refused_by_every_worker_within_a_second(server, db, role_tokens):
+def test_revoked_token_is_refused_by_every_worker_within_a_second(threaded_server, db,
+                                                                  role_tokens):
     from registry import tokens
 
     headers = {"Authorization": f"Bearer {role_tokens['ops']}"}
-    workers = _worker_connections(server)
+    workers = _worker_connections(threaded_server)
     for conn in workers.values():
         conn.request("GET", "/admin/models", headers=headers)
         response = conn.getresponse()
