@@ -5,6 +5,9 @@ background thread polls the registry's change counter (the newest audit id) and 
 snapshot when it moves, so aliases, archives and new versions reach every worker within about
 one poll interval. A miss (a version registered a moment ago) triggers one immediate reload,
 rate-limited so that requests for names that do not exist cannot hammer the database.
+
+The snapshot also keeps the registry's full records as `GET /admin/models` shows them, so that
+registry reads are still answered, from this copy, while the database is unreachable.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,7 +28,7 @@ from gateway.per_process import OncePerProcess
 from registry.db import Database
 from registry.errors import UnknownModel, UnknownVersion
 from registry.names import check_model_name, parse_version_ref
-from registry.service import change_counter
+from registry.service import change_counter, list_models
 from registry.tables import Alias, Model, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,8 @@ class ModelEntry:
 class Snapshot:
     counter: int
     models: dict[str, ModelEntry] = field(default_factory=dict)
+    # `registry.service.list_models` as of this snapshot (callers copy before changing it)
+    records: tuple[dict[str, Any], ...] = ()
 
 
 def load_snapshot(db: Database) -> Snapshot:
@@ -92,6 +98,7 @@ def load_snapshot(db: Database) -> Snapshot:
     return Snapshot(
         counter=counter,
         models={n: ModelEntry(n, versions[n], aliases[n], batching[n]) for n in names.values()},
+        records=tuple(list_models(db)),
     )
 
 

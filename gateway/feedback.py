@@ -103,7 +103,9 @@ class FeedbackDesk:
         waited = False
         for item in items:
             request_id = item.get("request_id") if isinstance(item, dict) else None
-            entry: dict[str, Any] = {"request_id": request_id}
+            # echoed only when it is a string: a malformed id's result says why, not what
+            entry: dict[str, Any] = {"request_id": request_id if isinstance(request_id, str)
+                                     else None}
             try:
                 self.submit(item, wait=not waited)
                 entry["status"] = 202

@@ -12,6 +12,8 @@
   is that each worker loads its own sessions (they are per-process anyway).
 - `worker_exit` stops each worker's background threads and drops its onnxruntime sessions
   before the interpreter shuts down (onnxruntime aborts if torn down under a live thread).
+- Receiving a request is bounded by `GATEWAY_REQUEST_TIMEOUT` (20 s; `gateway/workers.py`):
+  headers and body must arrive within it, or the client gets `408` and the worker moves on.
 - `timeout` bounds a stuck worker; `graceful_timeout` lets SIGTERM finish in-flight requests and
   flush buffered outcomes before the worker exits.
 """
@@ -20,9 +22,13 @@ import os
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "sync")
+_worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "sync")
+# `sync` is gunicorn's sync worker plus a deadline on receiving each request
+# (GATEWAY_REQUEST_TIMEOUT), so a slow client frees its worker instead of getting it killed
+worker_class = ("gateway.workers.DeadlineSyncWorker" if _worker_class == "sync"
+                else _worker_class)
 # gunicorn turns `sync` with threads > 1 into gthread; keep `sync` what it says
-threads = 1 if worker_class == "sync" else int(os.environ.get("GATEWAY_THREADS", "4"))
+threads = 1 if _worker_class == "sync" else int(os.environ.get("GATEWAY_THREADS", "4"))
 timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "30"))
 graceful_timeout = 20
 keepalive = 5

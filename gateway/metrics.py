@@ -102,6 +102,14 @@ class Metrics:
         self.spool_files = Gauge("gateway_outcome_spool_files",
                                  "Outcome batches spooled to disk awaiting the database",
                                  registry=own, multiprocess_mode="livemax")
+        self.spool_failures = Counter("gateway_outcome_spool_failures",
+                                      "Outcome batches that could not be spooled (disk full, "
+                                      "unwritable); their rows stay in memory",
+                                      registry=own)
+        self.outcomes_dropped = Counter("gateway_outcomes_dropped",
+                                        "Outcomes dropped, oldest first, because the in-memory "
+                                        "buffer (GATEWAY_OUTCOME_BUFFER) was full",
+                                        registry=own)
         self.feedback_labels = Counter("gateway_feedback_labels",
                                        "Label feedback, compared with the logged prediction",
                                        ["model", "version", "correct"], registry=own)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -28,7 +29,7 @@ from gateway.batching import Batcher, merge_refusal, run_alone
 from gateway.catalog import VersionInfo
 from gateway.metrics import batch_histogram, multiprocess_mode
 from registry.errors import Unavailable
-from registry.inspect_onnx import session_options
+from registry.inspect_onnx import refuse_external_data, session_options
 from registry.store import ArtifactError, ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ class ModelRuntime:
                                   f"{failure[1]}")
             try:
                 data = self._store.read(version.sha256)
+                # versions registered before the check existed are held to it too
+                refuse_external_data(onnx.load_from_string(data))
                 session = ort.InferenceSession(
                     data, sess_options=session_options(self._threads),
                     providers=["CPUExecutionProvider"],

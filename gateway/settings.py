@@ -47,7 +47,8 @@ def _bool(env: dict[str, str], key: str, default: bool) -> bool:
 class Settings:
     """The gateway's configuration. Defaults need no server: SQLite file, embedded Redis."""
 
-    database_url: str = "sqlite:///gateway.db"
+    # repr=False: a logged Settings must not carry a password or the signing key
+    database_url: str = field(default="sqlite:///gateway.db", repr=False)
     redis_url: str | None = None
     model_store: Path = Path("model-store")
     auth: bool = True
@@ -64,10 +65,13 @@ class Settings:
     shadow_queue: int = 64
     policy_refresh_seconds: float = 1.0
     outcome_flush_seconds: float = 0.2
+    outcome_buffer: int = 100_000
     feedback_wait_seconds: float = 1.0
     outcome_retention_days: int = 90
-    secret_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
     token_cache_seconds: float = 0.5
+    request_timeout_seconds: float = 20.0
+    max_tensor_elements: int = 4_000_000
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -107,6 +111,11 @@ class Settings:
             shadow_queue=_int(env, "GATEWAY_SHADOW_QUEUE", defaults.shadow_queue, 1),
             outcome_retention_days=_int(env, "GATEWAY_OUTCOME_RETENTION_DAYS",
                                         defaults.outcome_retention_days, 1),
+            outcome_buffer=_int(env, "GATEWAY_OUTCOME_BUFFER", defaults.outcome_buffer, 1),
+            request_timeout_seconds=_int(env, "GATEWAY_REQUEST_TIMEOUT",
+                                         int(defaults.request_timeout_seconds), 1),
+            max_tensor_elements=_int(env, "GATEWAY_MAX_TENSOR_ELEMENTS",
+                                     defaults.max_tensor_elements, 1),
         )
 
     def with_(self, **changes: Any) -> Settings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.catalog import Catalog, VersionInfo
 from gateway.policy import TrafficPolicy, parse_policy_body
@@ -52,7 +53,11 @@ class TrafficAdmin:
             live = self.cache.get(model) if self.cache else None
         if live is not None:
             return live.to_dict()
-        stored = sql_traffic.live_policy(self.db, model)
+        try:
+            stored = sql_traffic.live_policy(self.db, model)
+        except SQLAlchemyError:  # the registry is down too: what this worker routes by
+            held = self.cache.get(model) if self.cache else None
+            stored = held.to_dict() if held is not None else None
         if stored is not None:
             stored.pop("action", None)
             return stored

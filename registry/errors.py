@@ -60,5 +60,11 @@ class UnsupportedMediaType(GatewayError):
     status, code = 415, "unsupported_media_type"
 
 
+class InsufficientStorage(GatewayError):
+    """The disk that must hold the request's result is full (WebDAV's 507, RFC 4918)."""
+
+    status, code = 507, "insufficient_storage"
+
+
 class Unavailable(GatewayError):
     status, code = 503, "unavailable"

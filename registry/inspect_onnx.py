@@ -7,6 +7,8 @@ message that says which of these it was.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,49 @@ def _tensor_specs(args: list[Any], kind: str) -> list[dict[str, Any]]:
     return specs
 
 
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield attribute.sparse_tensor.values
+                yield attribute.sparse_tensor.indices
+            for sparse in attribute.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
+            if attribute.HasField("g"):
+                yield from _graph_tensors(attribute.g)
+            for graph in attribute.graphs:
+                yield from _graph_tensors(graph)
+
+
+def refuse_external_data(proto: onnx.ModelProto) -> None:
+    """Refuse tensors whose bytes live outside the file.
+
+    onnxruntime, given a model as bytes, resolves an external-data location against the
+    process's working directory: a crafted model could read the gateway's own files (its
+    secret key, its SQLite database) into a tensor and return them from `/predict`. Such bytes
+    are also outside the sha256 that makes a version immutable, so they are never served.
+    """
+    tensors = itertools.chain(_graph_tensors(proto.graph),
+                              *(_node_tensors(f.node) for f in proto.functions))
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            raise InvalidModel(
+                f"tensor {tensor.name!r} keeps its data in an external file; only "
+                "self-contained models can be served (save with save_as_external_data=False)")
+
+
 def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
     """Options for a server with one process per core: no thread pools competing for cores."""
     options = ort.SessionOptions()
@@ -83,6 +128,7 @@ def inspect_model(data: bytes) -> Signature:
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise InvalidModel(f"onnx.checker rejected the model: {_first_line(exc)}") from None
+    refuse_external_data(proto)
     try:
         session = ort.InferenceSession(
             data, sess_options=session_options(), providers=["CPUExecutionProvider"]

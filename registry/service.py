@@ -17,10 +17,18 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from registry.db import Database
-from registry.errors import Conflict, InvalidInput, PayloadTooLarge, UnknownModel, UnknownVersion
+from registry.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidInput,
+    PayloadTooLarge,
+    Unavailable,
+    UnknownModel,
+    UnknownVersion,
+)
 from registry.inspect_onnx import InvalidModel, inspect_model
 from registry.names import check_alias_name, check_model_name, parse_version_ref
-from registry.store import ArtifactStore
+from registry.store import ArtifactStore, ArtifactStoreFull, ArtifactStoreUnwritable
 from registry.tables import Alias, AuditEntry, Model, ModelVersion, utcnow
 
 METADATA_KEYS = {"description", "dataset", "params", "metrics", "parent_version", "aliases"}
@@ -194,7 +202,12 @@ def register_version(
         signature = inspect_model(data)
     except InvalidModel as exc:
         raise InvalidInput(str(exc)) from None
-    sha256 = store.put(data)
+    try:
+        sha256 = store.put(data)  # before any row: a refused write leaves the registry as it was
+    except ArtifactStoreFull as exc:
+        raise InsufficientStorage(str(exc)) from None
+    except ArtifactStoreUnwritable as exc:
+        raise Unavailable(str(exc)) from None
     last_error: Exception | None = None
     for _ in range(REGISTER_ATTEMPTS):
         try:

@@ -45,6 +45,8 @@ COUNTERS = {
     "gateway_shadow_dropped_total",
     "gateway_feedback_labels_total",
     "gateway_model_load_failures_total",
+    "gateway_outcome_spool_failures_total",
+    "gateway_outcomes_dropped_total",
 }
 GAUGES = {
     "gateway_outcome_queue_depth",
@@ -500,6 +502,12 @@ def test_required_alerts_and_thresholds(alert_rules: list[dict[str, Any]]) -> No
 
     loads = rule_by_metric(alert_rules, "gateway_model_load_failures_total")
     assert "increase(" in squash(loads)
+
+    for outcomes_at_risk in ("gateway_outcome_spool_failures_total",
+                             "gateway_outcomes_dropped_total"):
+        rule = rule_by_metric(alert_rules, outcomes_at_risk)
+        assert "increase(" in squash(rule) and "> 0" in squash(rule), outcomes_at_risk
+        assert rule["labels"]["severity"] == "critical", outcomes_at_risk
 
 
 def test_alert_rules_parse_as_promql_if_a_parser_is_installed(

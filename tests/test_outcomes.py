@@ -249,3 +249,36 @@ def test_cli_compare_export_and_prune(app, client, digits, app_headers, settings
     compared = orjson.loads(run(["analytics", "compare", "digits", "--json"], tmp_path,
                                 env).stdout)
     assert {v["version"]: v["requests"] for v in compared["versions"]} == {1: 3, 2: 3}
+
+
+def test_export_pages_exactly_once_across_spans_and_models(db):
+    """export_rows pages by id spans (see its docstring): every row of the model exactly once,
+    in id order, with its own feedback, whether the model's ids are dense, sparse among another
+    model's, or missing from whole spans; plain Database, both dialects."""
+    from datetime import UTC, datetime
+
+    from registry.outcomes import export_rows, insert_outcomes, record_feedback
+
+    ts = datetime.now(UTC)
+
+    def row(i, model):
+        return {"request_id": f"{model}-{i}", "model": model, "version": 1, "kind": "primary",
+                "reason": "weight", "revision": 1, "ts": ts, "latency_ms": 1.0,
+                "model_ms": 0.5, "status": 200, "error_code": None, "prediction": None,
+                "predicted_label": i % 10, "input_sha256": None, "inputs": None}
+
+    # 0-99 dense, then one digits row per 30 rows of `other`, then a gap of 500 other rows,
+    # then dense again: with chunk=7 the spans are 56 ids, so some spans hold no digits row
+    layout = (["digits"] * 100 + (["other"] * 29 + ["digits"]) * 20 + ["other"] * 500
+              + ["digits"] * 50)
+    insert_outcomes(db, [row(i, model) for i, model in enumerate(layout)])
+    expected = [f"digits-{i}" for i, model in enumerate(layout) if model == "digits"]
+    for rid in expected[::3]:
+        record_feedback(db, "digits", rid, 7, 0.5)
+    record_feedback(db, "other", "other-100", 1, None)  # another model's feedback stays its own
+    exported = list(export_rows(db, "digits", None, None, None, None, chunk=7))
+    assert [r[0] for r in exported] == expected
+    labelled = {r[0]: (r[-2], r[-1]) for r in exported}
+    assert {rid for rid, fb in labelled.items() if fb != (None, None)} == set(expected[::3])
+    assert all(labelled[rid] == (7, 0.5) for rid in expected[::3])
+    assert list(export_rows(db, "nobody", None, None, None, None, chunk=7)) == []

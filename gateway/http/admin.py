@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import orjson
 from flask import Blueprint, g, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.app import services
 from gateway.http.responses import json_response, read_json_object
 from gateway.traffic import parse_if_match
 from registry import service
 from registry import traffic as traffic_sql
-from registry.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from registry.errors import InvalidInput, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from registry.names import check_model_name
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 MULTIPART_OVERHEAD = 1024 * 1024
 MAX_METADATA_BYTES = 64 * 1024
+MAX_AUDIT_ID = 2**63 - 1
 
 
 def _reason(body: dict[str, Any]) -> str | None:
@@ -30,11 +33,22 @@ def _reason(body: dict[str, Any]) -> str | None:
 
 @bp.get("/models")
 def list_models() -> Any:
+    """From the registry; while it is unreachable, from this worker's copy of it (the catalog
+    snapshot), marked by a `Warning` header, so that ops can still see what is served."""
     svc = services()
-    models = service.list_models(svc.db)
+    headers: dict[str, str] = {}
+    try:
+        models = service.list_models(svc.db)
+    except SQLAlchemyError:
+        snapshot = svc.catalog.snapshot
+        if snapshot.counter < 0:
+            raise Unavailable("the registry is unreachable and this worker has not read it "
+                              "yet; try again shortly") from None
+        models = copy.deepcopy(list(snapshot.records))
+        headers["Warning"] = '110 - "registry unreachable; this worker\'s last copy"'
     for model in models:
         model["traffic"] = svc.traffic.show(model["model"])
-    return json_response({"models": models})
+    return json_response({"models": models}, headers=headers)
 
 
 @bp.post("/models/<name>/versions")
@@ -52,13 +66,20 @@ def register_version(name: str) -> Any:
             "send multipart/form-data with the .onnx file in 'file' and JSON in 'metadata'"
         )
     request.max_content_length = limit
-    request.max_form_memory_size = MAX_METADATA_BYTES
+    # Not MAX_METADATA_BYTES: werkzeug 3.1 checks this limit against its multipart decoder's
+    # buffer, which also holds *file* data while it looks for the next boundary (binary bytes
+    # with CR/LF in them), so a 64 KiB value refused real .onnx files of a few MB with 413.
+    # The metadata part's own limit is checked below.
+    request.max_form_memory_size = limit
     upload = request.files.get("file")
     if upload is None:
         raise InvalidInput("the multipart body has no 'file' part holding the .onnx file")
     data = upload.stream.read(svc.settings.max_model_bytes + 1)
     raw_meta = request.form.get("metadata")
     metadata = None
+    if raw_meta and len(raw_meta.encode()) > MAX_METADATA_BYTES:
+        raise PayloadTooLarge(
+            f"metadata is {len(raw_meta.encode())} bytes; the limit is {MAX_METADATA_BYTES}")
     if raw_meta:
         try:
             metadata = orjson.loads(raw_meta)
@@ -156,6 +177,8 @@ def audit() -> Any:
         raise InvalidInput("limit and before must be integers") from None
     if limit < 1:
         raise InvalidInput("limit must be at least 1")
+    if before is not None and not 1 <= before <= MAX_AUDIT_ID:  # beyond BIGINT the query fails
+        raise InvalidInput(f"before must be an audit entry id from 1 to {MAX_AUDIT_ID}")
     model = args.get("model")
     if model is not None:
         check_model_name(model)

@@ -1,0 +1,179 @@
+"""Hostile clients against a real `gateway serve`: slow senders and absurdly nested JSON.
+
+Expectations: a client that drips its request is cut off with `408` after
+`GATEWAY_REQUEST_TIMEOUT`, the worker is not killed for it (same PIDs afterwards) and serves
+the next request; a 10,000-deep JSON document is a `400`, not a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import server_env
+from tests.server import gateway_server
+
+pytestmark = pytest.mark.timeout(180)
+
+TIMEOUT_S = 2
+
+
+@pytest.fixture
+def sqlite_only(database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the worker's socket handling does not depend on the database")
+
+
+def worker_pids(port: int) -> set[int]:
+    """PIDs of the gunicorn processes serving `port` whose parent serves it too (workers)."""
+    serving: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"gunicorn" in cmdline and f"127.0.0.1:{port}".encode() in cmdline:
+            serving[int(entry.name)] = ppid
+    return {pid for pid, ppid in serving.items() if ppid in serving}
+
+
+def raw_request(port: int, data: bytes, timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def predict_request(token: str, row: list[float]) -> bytes:
+    body = orjson.dumps({"model": "digits", "inputs": [row]})
+    return (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def status_and_body(response: bytes) -> tuple[int, dict]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), orjson.loads(body)
+
+
+def drip(port: int, prefix: bytes, results: list, every: float = 0.3) -> None:
+    """Send `prefix`, then one byte of a never-ending header every `every` seconds, and record
+    (seconds until the server closed, what it answered)."""
+    started = time.monotonic()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    answer = b""
+    try:
+        sock.sendall(prefix)
+        sock.settimeout(every)
+        while time.monotonic() - started < 15:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    break
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        sock.close()
+    results.append((time.monotonic() - started, answer))
+
+
+@pytest.fixture
+def served(settings, digits, role_tokens, tmp_path, sqlite_only):
+    env = {**server_env(settings), "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S)}
+    with gateway_server(env, cwd=tmp_path) as base:
+        port = int(base.rsplit(":", 1)[1])
+        yield port, role_tokens["app"], digits["X"][0].tolist()
+
+
+def test_slow_headers_get_408_and_free_the_worker(served):
+    port, token, row = served
+    before = worker_pids(port)
+    assert len(before) == 2, before
+    # two slow-loris clients at once: with 2 sync workers they hold both, for TIMEOUT_S only
+    results: list = []
+    threads = [threading.Thread(target=drip, args=(port, b"POST /predict HTTP/1.1\r\nHost: t\r\n"
+                                                   b"X-Slow: ", results)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    for took, answer in results:
+        assert TIMEOUT_S - 0.5 <= took <= TIMEOUT_S + 5, took
+        status, body = status_and_body(answer)
+        assert status == 408 and body["error"]["code"] == "request_timeout", answer
+    status, body = status_and_body(raw_request(port, predict_request(token, row)))
+    assert status == 200 and body["version"] in (1, 2, 3)
+    assert worker_pids(port) == before  # nobody was killed by the master
+
+
+def test_slow_body_gets_408_in_the_contract_shape(served):
+    port, token, row = served
+    before = worker_pids(port)
+    full = predict_request(token, row)
+    head, _, body = full.partition(b"\r\n\r\n")
+    results: list = []
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(head + b"\r\n\r\n" + body[:10])
+        answer = b""
+        sock.settimeout(0.3)
+        for byte in body[10:]:  # far slower than the deadline allows
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            except TimeoutError:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break
+        results.append(time.monotonic() - started)
+        sock.settimeout(5)
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert results[0] <= TIMEOUT_S + 5, results
+    status, payload = status_and_body(answer)
+    assert status == 408, answer
+    assert payload["error"]["code"] == "request_timeout" and "send it whole" in \
+        payload["error"]["message"], payload
+    status, payload = status_and_body(raw_request(port, predict_request(token, row)))
+    assert status == 200 and payload["outputs"]["label"]
+    assert worker_pids(port) == before
+
+
+def test_ten_thousand_deep_json_is_400_and_the_worker_lives(served):
+    port, token, row = served
+    before = worker_pids(port)
+    deep = b'{"model": "digits", "inputs": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    request = (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+               b"Authorization: Bearer " + token.encode() + b"\r\n"
+               b"Content-Length: " + str(len(deep)).encode() + b"\r\n\r\n" + deep)
+    for _ in range(4):  # lands on both workers
+        status, payload = status_and_body(raw_request(port, request))
+        assert status == 400 and payload["error"]["code"] == "invalid_input", payload
+    status, payload = status_and_body(raw_request(port, predict_request(token, row)))
+    assert status == 200
+    assert worker_pids(port) == before
+    assert os.environ.get("GATEWAY_REQUEST_TIMEOUT") is None  # the test's env stayed its own
