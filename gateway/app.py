@@ -28,6 +28,7 @@ from gateway.runtime import ModelRuntime
 from gateway.settings import Settings
 from gateway.shadow import ShadowPool
 from gateway.traffic import TrafficAdmin
+from gateway.workers import RequestReceiveTimeout
 from registry.db import Database
 from registry.errors import GatewayError
 from registry.store import ArtifactStore
@@ -40,12 +41,14 @@ HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     411: "length_required",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "too_many_requests",
     431: "headers_too_large",
+    507: "insufficient_storage",
 }
 
 
@@ -138,6 +141,8 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
+        if isinstance(exc.__context__, RequestReceiveTimeout):  # werkzeug's stream wrapped it
+            return _receive_timeout(exc.__context__)
         status = exc.code or 500
         code = HTTP_CODES.get(status, "error")
         message = exc.description or exc.name
@@ -147,6 +152,11 @@ def _register_error_handlers(app: Flask) -> None:
         if status == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
+
+    @app.errorhandler(RequestReceiveTimeout)
+    def _receive_timeout(exc: RequestReceiveTimeout) -> Any:
+        # the body stopped arriving (gateway.workers): wherever it was being read
+        return error_response(408, "request_timeout", f"{exc}; send it whole without pausing")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:
@@ -189,13 +199,14 @@ def create_app(settings: Settings | None = None) -> Flask:
                            on_propagated=metrics.policy_propagated)
     shadows = ShadowPool(settings.shadow_workers, settings.shadow_queue)
     outcomes = OutcomeLog(db, settings.state_dir / "spool", settings.outcome_flush_seconds,
-                          metrics=metrics)
+                          max_buffer=settings.outcome_buffer, metrics=metrics)
     metrics.watch_policies(policies.all)
     app.extensions["mgw"] = Services(
         settings=settings, db=db, store=store, catalog=catalog, runtime=runtime,
         dataplane=DataPlane(catalog, runtime, policies, shadows, outcomes,
                             RequestIds(client, settings.redis_prefix), metrics),
-        limits=Limits(max_batch=settings.max_batch), redis=client, policies=policies,
+        limits=Limits(max_batch=settings.max_batch,
+                      max_elements=settings.max_tensor_elements), redis=client, policies=policies,
         shadows=shadows, traffic=TrafficAdmin(db, catalog, runtime, channel, policies),
         outcomes=outcomes,
         feedback=FeedbackDesk(db, outcomes, settings.feedback_wait_seconds, metrics),
@@ -212,7 +223,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             response.headers["X-Request-Id"] = request_id
         return response
 
-    from gateway.http import admin, analytics, dashboard, feedback, health, predict, v2
+    from gateway.http import admin, analytics, dashboard, feedback, health, openapi, predict, v2
     from gateway.http import metrics as metrics_http
 
     app.register_blueprint(health.bp)
@@ -225,4 +236,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(analytics.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(dashboard.login_bp)
+    app.register_blueprint(openapi.bp)
     return app

@@ -21,7 +21,7 @@ from registry.tokens import TokenRecord, load_token, secret_matches, split_token
 
 log = logging.getLogger(__name__)
 
-PUBLIC_BLUEPRINTS = {"health", "v2_health", "metrics", "dashboard_login"}
+PUBLIC_BLUEPRINTS = {"health", "v2_health", "metrics", "dashboard_login", "openapi"}
 BLUEPRINT_ROLES = {
     "predict": "app",
     "v2": "app",

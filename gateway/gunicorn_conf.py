@@ -46,6 +46,9 @@ control_socket_disable = True
 
 
 def post_worker_init(worker: object) -> None:
+    from gateway.workers import install_json_errors
+
+    install_json_errors()  # gunicorn's own 400/414/431 answers in JSON, not HTML
     app = getattr(getattr(worker, "wsgi", None), "extensions", None)
     if app is not None and "mgw" in app:
         app["mgw"].start()

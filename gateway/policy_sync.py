@@ -128,7 +128,11 @@ class PolicyCache:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="policy-sync", daemon=True)
         self._thread.start()
-        self.loaded.wait(2.0)  # the first request should see the policies, not the defaults
+        # the first request must route by the recorded policies, not by the newest version: if
+        # Redis is slow to answer (a loaded machine, a worker booting), read them from SQL now
+        if not self.loaded.wait(2.0):
+            log.warning("policies not read from Redis within 2 s; reading them from SQL")
+            self._load_from_sql()
 
     def stop(self) -> None:
         self._stop.set()

@@ -23,13 +23,16 @@ from registry.errors import Conflict, GatewayError, InvalidInput, NotFound, Unav
 
 REDIS_DOWN = ("Redis is unreachable, so traffic changes are refused until it returns; requests "
               "are still served on the last policy each worker knows")
+MAX_REVISION_DIGITS = 18  # a revision is a SQL BIGINT
 
 
 def parse_if_match(value: str | None) -> int | None:
     if value is None:
         return None
     cleaned = value.strip().strip('"').removeprefix("W/").strip('"')
-    if not cleaned.isdigit():
+    # ASCII digits only (str.isdigit is also true for "²", which int() refuses), and few
+    # enough for int(): past 4300 digits it raises, and no revision is that large
+    if not (cleaned.isascii() and cleaned.isdigit()) or len(cleaned) > MAX_REVISION_DIGITS:
         raise InvalidInput("If-Match must be a policy revision number")
     return int(cleaned)
 

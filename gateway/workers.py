@@ -17,6 +17,7 @@ This module must stay importable in gunicorn's master without loading the applic
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -31,6 +32,35 @@ log = logging.getLogger(__name__)
 HEADERS_END = b"\r\n\r\n"
 TIMEOUT_BODY = (b'{"error":{"code":"request_timeout","message":"the request was not received '
                 b'in time; send it whole without pausing"}}')
+
+
+# gunicorn's own answers to requests it cannot parse, by status: the contract's codes
+GUNICORN_ERROR_CODES = {400: "invalid_input", 403: "forbidden", 414: "uri_too_long",
+                        417: "expectation_failed", 431: "headers_too_large",
+                        500: "internal", 501: "not_implemented"}
+
+
+def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's `util.write_error`, in the contract's JSON shape instead of an HTML page.
+
+    gunicorn answers by itself, before the application sees anything, a request it cannot
+    parse: a request line longer than `limit_request_line` (414), too many or too large
+    headers (431), a malformed request line, header or chunk (400). Its page is HTML, which
+    the contract rules out on every route. Installed in each worker by `install_json_errors`.
+    """
+    code = GUNICORN_ERROR_CODES.get(status, "invalid_input" if status < 500 else "internal")
+    text = message or ("internal error; see the gateway's log" if status >= 500 else reason)
+    body = json.dumps({"error": {"code": code, "message": text}}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def install_json_errors() -> None:
+    """Make this worker process answer unparseable requests with `write_json_error`. Every
+    worker class reaches `util.write_error` through the module, so one assignment covers
+    sync and gthread alike; it is done after the fork, in the worker, never in the master."""
+    util.write_error = write_json_error
 
 
 class RequestReceiveTimeout(TimeoutError):

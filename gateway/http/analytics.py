@@ -14,6 +14,7 @@ from gateway.app import services
 from gateway.comparison import compare, window
 from gateway.http.responses import json_response
 from registry.errors import InvalidInput
+from registry.names import MAX_VERSION
 from registry.outcomes import EXPORT_COLUMNS, check_kind, export_rows
 
 bp = Blueprint("analytics", __name__, url_prefix="/analytics")
@@ -71,9 +72,13 @@ def export(name: str) -> Any:
     since, until = window(args.get("since"), args.get("until"))
     version = None
     if args.get("version"):
-        if not args["version"].isdigit():
-            raise InvalidInput("version must be a version number")
-        version = int(args["version"])
+        raw = args["version"]
+        # ASCII digits in the registry's range: "²" passes isdigit() but not int(), and a
+        # number beyond SQL INTEGER fails in the query, after the stream has begun
+        if (not (raw.isascii() and raw.isdigit()) or len(raw) > 10
+                or not 1 <= int(raw) <= MAX_VERSION):
+            raise InvalidInput(f"version must be a version number from 1 to {MAX_VERSION}")
+        version = int(raw)
     rows = export_rows(svc.db, name, since, until, version, check_kind(args.get("kind")))
     body = csv_chunks(rows) if fmt == "csv" else jsonl_chunks(rows)
     mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"

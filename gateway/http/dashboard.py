@@ -746,7 +746,8 @@ for _blueprint in (bp, login_bp):
 
 def _hours() -> int:
     raw = request.values.get("hours", str(DEFAULT_HOURS)).strip()
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_HOURS:
+    # ASCII digits ("²" passes isdigit() but not int()), short enough for int() in a form
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_HOURS:
         raise InvalidInput(f"hours must be a whole number from 1 to {MAX_HOURS}")
     return int(raw)
 

@@ -114,9 +114,11 @@ def _infer(name: str, ref: str | None) -> Response:
     raw_length = request.headers.get("Inference-Header-Content-Length")
     header_length = None
     if raw_length is not None:
-        if not raw_length.strip().isdigit():
+        digits = raw_length.strip()
+        # ASCII digits only ("²" is isdigit() but not int()), and no longer than a body size
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
             raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
-        header_length = int(raw_length)
+        header_length = int(digits)
     parsed: dict[str, Any] = {}
 
     def decode(version: VersionInfo) -> tuple[dict[str, Any], list[str] | None]:
