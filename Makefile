@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-quick bench-workers clean
+.PHONY: demo test lint bench bench-quick bench-workers soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -43,6 +43,11 @@ bench-quick: $(STAMP)
 bench-workers: $(STAMP)
 	@command -v wrk >/dev/null || { echo "bench needs wrk: sudo apt-get install wrk"; exit 2; }
 	$(BIN)/python -m bench.worker_config --out bench/results/workers.md $(BENCH_ARGS)
+
+# A 10-minute soak of one `gateway serve` under mixed load (bench/soak.py); not part of `make test`.
+# Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; exits non-zero on a failed check.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes 10 --out bench/results/soak.md
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info

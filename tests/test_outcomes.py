@@ -282,3 +282,32 @@ def test_export_pages_exactly_once_across_spans_and_models(db):
     assert {rid for rid, fb in labelled.items() if fb != (None, None)} == set(expected[::3])
     assert all(labelled[rid] == (7, 0.5) for rid in expected[::3])
     assert list(export_rows(db, "nobody", None, None, None, None, chunk=7)) == []
+
+
+def test_feedback_while_the_database_is_unreachable_is_503(app, client, digits, app_headers,
+                                                           settings, database_url):
+    """A database outage is the caller's cue to retry (`503 unavailable`), not a gateway bug
+    (`500 internal`, which bench.soak saw for every feedback during a PostgreSQL restart)."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite can be made unreachable in-process by moving its file away")
+    from pathlib import Path
+
+    answer = predict(client, app_headers, digits["X"][0].tolist())  # the token is now cached
+    flush(app)
+    path = Path(settings.database_url.removeprefix("sqlite:///"))
+    away = path.with_name(path.name + ".away")
+    path.rename(away)
+    path.mkdir()  # "unable to open database file" for every new connection
+    app.extensions["mgw"].db.dispose()
+    try:
+        response = client.post("/feedback", json={"request_id": answer["request_id"],
+                                                  "label": 1}, headers=app_headers)
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json()["error"]["code"] == "unavailable"
+    finally:
+        path.rmdir()
+        away.rename(path)
+    app.extensions["mgw"].db.dispose()
+    again = client.post("/feedback", json={"request_id": answer["request_id"], "label": 1},
+                        headers=app_headers)
+    assert again.status_code == 202, again.get_json()
