@@ -9,7 +9,6 @@ deferred work that the HTTP layer starts once the response has been sent.
 from __future__ import annotations
 
 import contextlib
-import random
 import re
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from gateway.metrics import Metrics
 from gateway.outcomes import OutcomeLog, input_fingerprint, now
 from gateway.policy import choose_version, shadow_draws
 from gateway.policy_sync import PolicyCache
-from gateway.request_ids import RequestIds
+from gateway.request_ids import FreshIds, RequestIds
 from gateway.runtime import ModelRuntime
 from gateway.shadow import ShadowPool
 from registry.errors import Conflict, GatewayError, InvalidInput, Unavailable
@@ -34,12 +33,10 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 Decoder = Callable[[VersionInfo], tuple[dict[str, np.ndarray], list[str] | None]]
 
 
-def request_id_from(header: str | None) -> str:
+def request_id_from(header: str | None, fresh: Callable[[], str]) -> str:
     """The caller's id when it is well-formed, a fresh one when absent; anything else is 400."""
     if header is None:
-        # 128 random bits without a getrandom() syscall per request (uuid4's cost); `random`
-        # reseeds itself in each forked worker, so workers never share a sequence
-        return f"{random.getrandbits(128):032x}"
+        return fresh()
     if not REQUEST_ID.fullmatch(header):
         raise InvalidInput("X-Request-Id must match [A-Za-z0-9_.:-]{1,128}")
     return header
@@ -83,6 +80,7 @@ class DataPlane:
         self.shadows = shadows
         self.outcomes = outcomes
         self.ids = ids
+        self.fresh_ids = FreshIds()
         catalog.on_reload(self._warm)
 
     def _warm(self, snapshot: Snapshot) -> None:

@@ -20,7 +20,7 @@ def predict() -> Any:
     svc = services()
     environ = request.environ  # header reads straight from the WSGI environ: this is the hot path
     caller_id = environ.get("HTTP_X_REQUEST_ID")
-    g.request_id = request_id = request_id_from(caller_id)
+    g.request_id = request_id = request_id_from(caller_id, svc.dataplane.fresh_ids)
     body = read_json_object(svc.settings.max_body_bytes)
     unknown = set(body) - {"model", "inputs"}
     if unknown:

@@ -129,7 +129,7 @@ def _infer(name: str, ref: str | None) -> Response:
         return req.inputs, wanted
 
     header_id = request.headers.get("X-Request-Id")
-    request_id = request_id_from(header_id)
+    request_id = request_id_from(header_id, svc.dataplane.fresh_ids)
     g.request_id = request_id
     result = svc.dataplane.infer(name, ref, decode, request_id, routing_key(),
                                  caller_id=header_id is not None)
