@@ -7,16 +7,15 @@ the next request; a 10,000-deep JSON document is a `400`, not a crash.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.conftest import server_env
+from tests.faults.procs import gunicorn_master, worker_pids
 from tests.server import gateway_server
 
 pytestmark = pytest.mark.timeout(180)
@@ -30,20 +29,8 @@ def sqlite_only(database_url):
         pytest.skip("the worker's socket handling does not depend on the database")
 
 
-def worker_pids(port: int) -> set[int]:
-    """PIDs of the gunicorn processes serving `port` whose parent serves it too (workers)."""
-    serving: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"gunicorn" in cmdline and f"127.0.0.1:{port}".encode() in cmdline:
-            serving[int(entry.name)] = ppid
-    return {pid for pid, ppid in serving.items() if ppid in serving}
+def workers_of(base: str) -> set[int]:
+    return worker_pids(gunicorn_master(base))
 
 
 def raw_request(port: int, data: bytes, timeout: float = 10) -> bytes:
@@ -99,13 +86,13 @@ def drip(port: int, prefix: bytes, results: list, every: float = 0.3) -> None:
 def served(settings, digits, role_tokens, tmp_path, sqlite_only):
     env = {**server_env(settings), "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S)}
     with gateway_server(env, cwd=tmp_path) as base:
-        port = int(base.rsplit(":", 1)[1])
-        yield port, role_tokens["app"], digits["X"][0].tolist()
+        yield base, role_tokens["app"], digits["X"][0].tolist()
 
 
 def test_slow_headers_get_408_and_free_the_worker(served):
-    port, token, row = served
-    before = worker_pids(port)
+    base, token, row = served
+    port = int(base.rsplit(":", 1)[1])
+    before = workers_of(base)
     assert len(before) == 2, before
     # two slow-loris clients at once: with 2 sync workers they hold both, for TIMEOUT_S only
     results: list = []
@@ -121,12 +108,13 @@ def test_slow_headers_get_408_and_free_the_worker(served):
         assert status == 408 and body["error"]["code"] == "request_timeout", answer
     status, body = status_and_body(raw_request(port, predict_request(token, row)))
     assert status == 200 and body["version"] in (1, 2, 3)
-    assert worker_pids(port) == before  # nobody was killed by the master
+    assert workers_of(base) == before  # nobody was killed by the master
 
 
 def test_slow_body_gets_408_in_the_contract_shape(served):
-    port, token, row = served
-    before = worker_pids(port)
+    base, token, row = served
+    port = int(base.rsplit(":", 1)[1])
+    before = workers_of(base)
     full = predict_request(token, row)
     head, _, body = full.partition(b"\r\n\r\n")
     results: list = []
@@ -160,12 +148,13 @@ def test_slow_body_gets_408_in_the_contract_shape(served):
         payload["error"]["message"], payload
     status, payload = status_and_body(raw_request(port, predict_request(token, row)))
     assert status == 200 and payload["outputs"]["label"]
-    assert worker_pids(port) == before
+    assert workers_of(base) == before
 
 
 def test_ten_thousand_deep_json_is_400_and_the_worker_lives(served):
-    port, token, row = served
-    before = worker_pids(port)
+    base, token, row = served
+    port = int(base.rsplit(":", 1)[1])
+    before = workers_of(base)
     deep = b'{"model": "digits", "inputs": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
     request = (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                b"Authorization: Bearer " + token.encode() + b"\r\n"
@@ -175,5 +164,4 @@ def test_ten_thousand_deep_json_is_400_and_the_worker_lives(served):
         assert status == 400 and payload["error"]["code"] == "invalid_input", payload
     status, payload = status_and_body(raw_request(port, predict_request(token, row)))
     assert status == 200
-    assert worker_pids(port) == before
-    assert os.environ.get("GATEWAY_REQUEST_TIMEOUT") is None  # the test's env stayed its own
+    assert workers_of(base) == before

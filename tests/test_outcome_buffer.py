@@ -17,31 +17,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from gateway.app import create_app
 from gateway.metrics import Metrics
-from gateway.outcomes import OutcomeLog, now
+from gateway.outcomes import OutcomeLog
 from gateway.settings import Settings, SettingsError
 from registry.db import Database
 from registry.migrate import upgrade
-from registry.tables import Outcome
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database
+from tests.outcome_rows import logged_ids, outcome
 from tests.server import free_port
-
-
-def outcome(i: int) -> dict[str, Any]:
-    """A primary outcome row as the data plane records it (raw outputs, summarised later)."""
-    return {"request_id": f"r-{i:05d}", "model": "digits", "version": 1, "kind": "primary",
-            "reason": "default", "revision": None, "ts": now(), "latency_ms": 1.5,
-            "model_ms": 0.5, "status": 200, "error_code": None,
-            "outputs": {"label": np.array([i % 10])}, "input_sha256": "0" * 64, "inputs": None}
 
 
 def ids(numbers: range) -> list[str]:
@@ -54,15 +43,6 @@ def sample(metrics: Metrics, name: str) -> float | None:
             if s.name == name:
                 return float(s.value)
     return None
-
-
-def logged_ids(url: str) -> list[str]:
-    database = Database(url)
-    try:
-        with database.read() as session:
-            return sorted(session.scalars(select(Outcome.request_id)))
-    finally:
-        database.dispose()
 
 
 @pytest.fixture

@@ -185,16 +185,23 @@ def _synthetic_rows(n: int) -> Iterator[dict[str, object]]:
                "predicted_label": i % 10, "input_sha256": "ab" * 32, "inputs": None}
 
 
-def test_exporting_200k_rows_streams_in_flat_memory(app, db, digits, role_tokens,
-                                                    database_url):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the streaming code is the same on both databases")
+def insert_synthetic(db: Database, count: int) -> None:
+    """`count` synthetic outcome rows, inserted 5,000 at a time."""
     batch: list[dict[str, object]] = []
-    for row in _synthetic_rows(200_000):
+    for row in _synthetic_rows(count):
         batch.append(row)
         if len(batch) == 5000:
             insert_outcomes(db, batch)
             batch = []
+    if batch:
+        insert_outcomes(db, batch)
+
+
+def test_exporting_200k_rows_streams_in_flat_memory(app, db, digits, role_tokens,
+                                                    database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the streaming code is the same on both databases")
+    insert_synthetic(db, 200_000)
     with db.read() as session:
         assert session.scalar(select(func.count(Outcome.id))) == 200_000
     client = app.test_client()
@@ -224,12 +231,7 @@ def test_an_export_longer_than_the_worker_timeout_is_not_killed(settings, db, di
     200,000-row export."""
     if not database_url.startswith("sqlite"):
         pytest.skip("the worker is the same on both databases")
-    batch: list[dict[str, object]] = []
-    for row in _synthetic_rows(200_000):
-        batch.append(row)
-        if len(batch) == 5000:
-            insert_outcomes(db, batch)
-            batch = []
+    insert_synthetic(db, 200_000)
     timeout = 2
     env = {**server_env(settings), "GATEWAY_WORKER_TIMEOUT": str(timeout)}
     with gateway_server(env, workers=1, cwd=tmp_path) as base:

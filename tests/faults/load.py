@@ -16,6 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
+from sqlalchemy import func, select
+
+from registry.db import Database
+from registry.tables import Outcome
 
 # A request that takes longer than this on the client is reported as a failure with
 # `error="timeout"`; it is above gunicorn's 30 s worker timeout so that a hang shows up as a
@@ -136,3 +140,12 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str = "conditi
         assert time.monotonic() - started < timeout, f"{what} not reached within {timeout} s"
         time.sleep(0.1)
     return time.monotonic() - started
+
+
+def primary_counts(db: Database) -> dict[str, int]:
+    """request id -> number of primary outcome rows for it (exactly once means 1 each)."""
+    with db.read() as session:
+        rows = session.execute(select(Outcome.request_id, func.count())
+                               .where(Outcome.kind == "primary")
+                               .group_by(Outcome.request_id))
+        return {rid: count for rid, count in rows}

@@ -30,16 +30,15 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
 
 from gateway.metrics import Metrics
-from gateway.outcomes import OutcomeLog, now
+from gateway.outcomes import OutcomeLog
 from gateway.settings import Settings
 from registry.db import Database
 from registry.migrate import upgrade
 from registry.store import ArtifactStore
-from registry.tables import Outcome
 from tests.conftest import bearer, error_of
+from tests.outcome_rows import logged_ids, outcome
 
 TMPFS_SIZE = "2m"
 
@@ -194,25 +193,6 @@ def test_registering_on_a_full_store_is_507_and_leaves_no_file_and_no_row(
 
 
 # ---- the outcome spool ----------------------------------------------------------------------
-
-
-def outcome(i: int) -> dict[str, Any]:
-    """A primary outcome row as the data plane records it (with raw outputs to summarise)."""
-    import numpy as np
-
-    return {"request_id": f"r-{i:05d}", "model": "digits", "version": 1, "kind": "primary",
-            "reason": "default", "revision": None, "ts": now(), "latency_ms": 1.5,
-            "model_ms": 0.5, "status": 200, "error_code": None,
-            "outputs": {"label": np.array([i % 10])}, "input_sha256": "0" * 64, "inputs": None}
-
-
-def logged_ids(url: str) -> list[str]:
-    database = Database(url)
-    try:
-        with database.read() as session:
-            return sorted(session.scalars(select(Outcome.request_id)))
-    finally:
-        database.dispose()
 
 
 @pytest.fixture

@@ -14,14 +14,12 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
 
 from gateway.settings import Settings
 from registry.db import Database
 from registry.migrate import upgrade
-from registry.tables import Outcome
 from tests.conftest import create_pg_database, server_env
-from tests.faults.load import Load, wait_for
+from tests.faults.load import Load, primary_counts, wait_for
 from tests.faults.pg_private import PrivatePostgres, private_postgres, unavailable_reason
 from tests.server import gateway_server
 
@@ -62,14 +60,6 @@ def get_with_warning(base: str, path: str, token: str) -> tuple[int, Any, str | 
                     response.headers.get("Warning"))
     except urllib.error.HTTPError as exc:
         return exc.code, orjson.loads(exc.read()), exc.headers.get("Warning")
-
-
-def primary_counts(db: Database) -> dict[str, int]:
-    with db.read() as session:
-        rows = session.execute(select(Outcome.request_id, func.count())
-                               .where(Outcome.kind == "primary")
-                               .group_by(Outcome.request_id))
-        return {rid: count for rid, count in rows}
 
 
 READS = ("/admin/models", "/v2/models/digits", "/v2/models/digits/versions/1")

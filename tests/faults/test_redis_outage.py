@@ -11,13 +11,11 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from sqlalchemy import func, select
 
 from gateway.settings import Settings
 from registry.db import Database
-from registry.tables import Outcome
 from tests.conftest import server_env
-from tests.faults.load import Load, wait_for
+from tests.faults.load import Load, primary_counts, wait_for
 from tests.redis_server import PrivateRedis
 from tests.server import gateway_server
 
@@ -40,15 +38,6 @@ def call(base: str, method: str, path: str, token: str,
             return response.status, orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, orjson.loads(exc.read())
-
-
-def primary_counts(db: Database) -> dict[str, int]:
-    """request id -> number of primary outcome rows for it."""
-    with db.read() as session:
-        rows = session.execute(select(Outcome.request_id, func.count())
-                               .where(Outcome.kind == "primary")
-                               .group_by(Outcome.request_id))
-        return {rid: count for rid, count in rows}
 
 
 @pytest.mark.timeout(150)

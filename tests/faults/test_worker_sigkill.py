@@ -11,13 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
 
 from gateway.settings import Settings
 from registry.db import Database
-from registry.tables import Outcome
 from tests.conftest import server_env
-from tests.faults.load import Load, wait_for
+from tests.faults.load import Load, primary_counts, wait_for
 from tests.faults.procs import gunicorn_master, worker_pids
 from tests.server import gateway_server
 
@@ -43,14 +41,6 @@ def healthz_pid(base: str) -> int:
         return int(orjson.loads(conn.getresponse().read())["pid"])
     finally:
         conn.close()
-
-
-def primary_counts(db: Database) -> dict[str, int]:
-    with db.read() as session:
-        rows = session.execute(select(Outcome.request_id, func.count())
-                               .where(Outcome.kind == "primary")
-                               .group_by(Outcome.request_id))
-        return {rid: count for rid, count in rows}
 
 
 @pytest.mark.timeout(150)
