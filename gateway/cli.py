@@ -473,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest a run waits for more requests while they keep arriving "
                         "(0-100000; default 0: never)")
     p.add_argument("--reason", required=True)
+    from gateway import cli_lifecycle, cli_rollout
+
+    cli_lifecycle.add_commands(models, add)
 
     traffic = sub.add_parser("traffic", help="traffic policies").add_subparsers(
         dest="sub", required=True)
@@ -514,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
             "delete outcomes and feedback older than the retention period")
     p.add_argument("--older-than-days", type=int,
                    help="default: GATEWAY_OUTCOME_RETENTION_DAYS (90)")
+
+    cli_rollout.add_commands(sub, add)
 
     p = add(sub, "audit", cmd_audit, "who changed what, when and why", json_flag=True)
     p.add_argument("--model")

@@ -31,6 +31,21 @@ def _int(env: dict[str, str], key: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _float(env: dict[str, str], key: str, default: float, minimum: float,
+           maximum: float | None = None) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be a number, got {raw!r}") from None
+    if not (value >= minimum and (maximum is None or value <= maximum)):  # also refuses NaN
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise SettingsError(f"{key} must be {bounds}, got {raw!r}")
+    return value
+
+
 def _bool(env: dict[str, str], key: str, default: bool) -> bool:
     raw = env.get(key)
     if raw is None or raw == "":
@@ -72,6 +87,12 @@ class Settings:
     token_cache_seconds: float = 0.5
     request_timeout_seconds: float = 20.0
     max_tensor_elements: int = 4_000_000
+    # share of primary requests whose inputs are kept in the outcome log (drift's live side)
+    input_sample_rate: float = 0.05
+    drift_threshold: float = 0.2  # PSI above which a version's inputs count as drifted
+    drift_window: int = 2000  # newest sampled inputs per version that drift is computed on
+    drift_refresh_seconds: float = 30.0  # how long a worker reuses a computed drift score
+    rollout_interval_seconds: float = 10.0  # how often the rollout controller looks
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -116,6 +137,15 @@ class Settings:
                                          int(defaults.request_timeout_seconds), 1),
             max_tensor_elements=_int(env, "GATEWAY_MAX_TENSOR_ELEMENTS",
                                      defaults.max_tensor_elements, 1),
+            input_sample_rate=_float(env, "GATEWAY_INPUT_SAMPLE_RATE",
+                                     defaults.input_sample_rate, 0.0, 1.0),
+            drift_threshold=_float(env, "GATEWAY_DRIFT_THRESHOLD", defaults.drift_threshold,
+                                   0.0),
+            drift_window=_int(env, "GATEWAY_DRIFT_WINDOW", defaults.drift_window, 10),
+            drift_refresh_seconds=_float(env, "GATEWAY_DRIFT_REFRESH_SECONDS",
+                                         defaults.drift_refresh_seconds, 0.0),
+            rollout_interval_seconds=_float(env, "GATEWAY_ROLLOUT_INTERVAL",
+                                            defaults.rollout_interval_seconds, 0.05),
         )
 
     def with_(self, **changes: Any) -> Settings:

@@ -37,6 +37,9 @@ class Model(Base):
     # Micro-batching settings for every version of the model: {"max_batch", "max_wait_us"};
     # NULL is off.
     batching: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The evaluation gate: a list of rules a version's evaluation must pass before a traffic
+    # policy may give it weight (gateway.lifecycle.gate); NULL is no gate.
+    gate: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
     versions: Mapped[list[ModelVersion]] = relationship(
         back_populates="model", order_by="ModelVersion.version"
@@ -180,3 +183,49 @@ class Feedback(Base):
     label: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reward: Mapped[float | None] = mapped_column(Float, nullable=True)
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Evaluation(Base):
+    """One run of a version over a labelled dataset: its metrics and the dataset's input
+    statistics (the drift reference). Versions are immutable, so evaluations live beside them."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_version", "model_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
+    version: Mapped[int] = mapped_column(Integer)
+    dataset_sha256: Mapped[str] = mapped_column(String(64))
+    dataset_name: Mapped[str] = mapped_column(String(256))
+    rows: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reference: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class Rollout(Base):
+    """A progressive rollout of a candidate against a baseline, moved step by step by the
+    rollout controller (gateway.lifecycle.rollout) on the outcome log."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_model_state", "model_id", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
+    candidate: Mapped[int] = mapped_column(Integer)
+    baseline: Mapped[int] = mapped_column(Integer)
+    # running | paused | completed | rolled_back | aborted
+    state: Mapped[str] = mapped_column(String(16))
+    steps: Mapped[list[Any]] = mapped_column(JSON)
+    step_index: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    previous_policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    step_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_decision: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
