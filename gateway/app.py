@@ -21,6 +21,8 @@ from gateway.codecs import Limits
 from gateway.dataplane import DataPlane
 from gateway.feedback import FeedbackDesk
 from gateway.http.responses import json_response
+from gateway.lifecycle import drift_monitor
+from gateway.lifecycle.rollout import RolloutController, Rollouts
 from gateway.metrics import Metrics
 from gateway.outcomes import OutcomeLog
 from gateway.policy_sync import PolicyCache, PolicyChannel
@@ -71,15 +73,19 @@ class Services:
     outcomes: OutcomeLog
     feedback: FeedbackDesk
     metrics: Metrics
+    rollouts: Rollouts
+    controller: RolloutController
 
     def start(self) -> None:
         """Start this process's background refreshers now rather than on the first request."""
         self.catalog.ensure_started()
         self.policies.ensure_started()
         self.outcomes.start()
+        self.controller.ensure_started()
 
     def close(self) -> None:
         """Stop background work and release sessions and connections (worker exit, tests)."""
+        self.controller.stop()
         self.policies.stop()
         self.catalog.stop()
         self.shadows.stop()
@@ -214,18 +220,24 @@ def create_app(settings: Settings | None = None) -> Flask:
     outcomes = OutcomeLog(db, settings.state_dir / "spool", settings.outcome_flush_seconds,
                           max_buffer=settings.outcome_buffer, metrics=metrics)
     metrics.watch_policies(policies.all)
+    traffic = TrafficAdmin(db, catalog, runtime, channel, policies)
+    rollouts = Rollouts(db, catalog, traffic, client, settings.redis_prefix,
+                        lock_seconds=max(30.0, 3 * settings.rollout_interval_seconds))
     app.extensions["mgw"] = Services(
         settings=settings, db=db, store=store, catalog=catalog, runtime=runtime,
         dataplane=DataPlane(catalog, runtime, policies, shadows, outcomes,
-                            RequestIds(client, settings.redis_prefix), metrics),
+                            RequestIds(client, settings.redis_prefix), metrics,
+                            input_sample_rate=settings.input_sample_rate),
         limits=Limits(max_batch=settings.max_batch,
                       max_elements=settings.max_tensor_elements), redis=client, policies=policies,
-        shadows=shadows, traffic=TrafficAdmin(db, catalog, runtime, channel, policies),
+        shadows=shadows, traffic=traffic,
         outcomes=outcomes,
         feedback=FeedbackDesk(db, outcomes, settings.feedback_wait_seconds, metrics),
-        metrics=metrics,
+        metrics=metrics, rollouts=rollouts,
+        controller=RolloutController(rollouts, settings.rollout_interval_seconds),
     )
 
+    metrics.watch_drift(drift_monitor.init_app(app, db, settings).gauges)
     _register_error_handlers(app)
     auth.init_app(app, db, settings.auth, settings.token_cache_seconds)
 
@@ -236,8 +248,18 @@ def create_app(settings: Settings | None = None) -> Flask:
             response.headers["X-Request-Id"] = request_id
         return response
 
-    from gateway.http import admin, analytics, dashboard, feedback, health, openapi, predict, v2
+    from gateway.http import (
+        admin,
+        analytics,
+        dashboard,
+        feedback,
+        health,
+        openapi,
+        predict,
+        v2,
+    )
     from gateway.http import metrics as metrics_http
+    from gateway.http import rollouts as rollouts_http
 
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics_http.bp)
@@ -245,6 +267,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v2.bp)
     app.register_blueprint(predict.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(rollouts_http.bp)
     app.register_blueprint(feedback.bp)
     app.register_blueprint(analytics.bp)
     app.register_blueprint(dashboard.bp)

@@ -174,6 +174,9 @@ def cmd_models_show(ctx: Context, args: argparse.Namespace) -> None:
     record["batching"] = ({"max_batch": batching["max_batch"],
                            "max_wait_us": batching["max_wait_us"]}
                           if batching["enabled"] else None)
+    from gateway.lifecycle.summary import version_summary
+
+    record.update(version_summary(ctx.db, args.name, record))
     emit(args, record, _record_text)
 
 
@@ -202,6 +205,10 @@ def _record_text(r: dict[str, Any]) -> str:
     lineage = r.get("lineage", {})
     lines.append(f"  lineage: parent {lineage.get('parent_version') or '-'}, ancestors "
                  f"{lineage.get('ancestors') or '-'}, children {lineage.get('children') or '-'}")
+    if "evaluation" in r:
+        from gateway.lifecycle.summary import summary_lines
+
+        lines.extend(f"  {line}" for line in summary_lines(r))
     return "\n".join(lines)
 
 
@@ -312,6 +319,8 @@ def cmd_traffic_show(ctx: Context, args: argparse.Namespace) -> None:
 def cmd_traffic_set(ctx: Context, args: argparse.Namespace) -> None:
     body = {"weights": _pairs(args.weights, "a weight"),
             "shadow": _pairs(args.shadow or [], "a shadow percent"), "reason": args.reason}
+    if args.force:
+        body["force"] = True
     admin = _traffic(ctx)
     policy = admin.set(args.name, body, actor(), args.if_match)
     emit(args, policy, _policy_text)
@@ -488,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow", nargs="*", metavar="VERSION=PERCENT")
     p.add_argument("--reason", required=True)
     p.add_argument("--if-match", type=int, help="refuse unless the live revision is this one")
+    p.add_argument("--force", action="store_true",
+                   help="give weight to versions failing the evaluation gate (audited)")
     p = add(traffic, "rollback", cmd_traffic_rollback, "restore the previous revision",
             json_flag=True)
     p.add_argument("name")

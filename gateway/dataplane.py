@@ -9,6 +9,7 @@ deferred work that the HTTP layer starts once the response has been sent.
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import time
 from collections.abc import Callable
@@ -72,8 +73,10 @@ class InferenceResult:
 class DataPlane:
     def __init__(self, catalog: Catalog, runtime: ModelRuntime, policies: PolicyCache,
                  shadows: ShadowPool, outcomes: OutcomeLog, ids: RequestIds,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, input_sample_rate: float = 0.0) -> None:
         self.metrics = metrics
+        self.input_sample_rate = input_sample_rate
+        self._draw = random.Random().random  # sampling for drift, not for security
         self.catalog = catalog
         self.runtime = runtime
         self.policies = policies
@@ -144,11 +147,23 @@ class DataPlane:
         fingerprint = input_fingerprint(inputs)
         self._record(self._row(
             model, request_id, result.version, "primary", choice.reason, choice.revision, started,
-            model_ms=result.model_ms, outputs=outputs, fingerprint=fingerprint))
+            model_ms=result.model_ms, outputs=outputs, fingerprint=fingerprint,
+            inputs=self._sample(choice.version, inputs)))
         for shadow in choice.shadows:
             result.deferred.append(
                 self._shadow_job(shadow, inputs, request_id, choice.revision, fingerprint))
         return result
+
+    def _sample(self, version: VersionInfo, inputs: dict[str, np.ndarray]
+                ) -> tuple[np.ndarray, ...] | None:
+        """The inputs to keep for drift, in signature order, for a sampled share of requests.
+
+        An unsampled request costs one random draw; a sampled one a tuple of references. The
+        flusher turns them into rows (`gateway.lifecycle.drift.logged_rows`), off this thread.
+        """
+        if self.input_sample_rate <= 0.0 or self._draw() >= self.input_sample_rate:
+            return None
+        return tuple(inputs[spec.name] for spec in version.inputs if spec.name in inputs)
 
     def _record(self, row: dict[str, Any]) -> None:
         self.outcomes.record(row)
@@ -157,14 +172,14 @@ class DataPlane:
     def _row(self, model: str, request_id: str, version: int, kind: str, reason: str,
              revision: int | None, started: float, status: int = 200,
              error_code: str | None = None, model_ms: float | None = None,
-             outputs: dict[str, np.ndarray] | None = None, fingerprint: str | None = None
-             ) -> dict[str, Any]:
+             outputs: dict[str, np.ndarray] | None = None, fingerprint: str | None = None,
+             inputs: tuple[np.ndarray, ...] | None = None) -> dict[str, Any]:
         return {
             "request_id": request_id, "model": model,
             "version": version, "kind": kind, "reason": reason, "revision": revision,
             "ts": now(), "latency_ms": (time.perf_counter() - started) * 1000,
             "model_ms": model_ms, "status": status, "error_code": error_code,
-            "outputs": outputs, "input_sha256": fingerprint, "inputs": None,
+            "outputs": outputs, "input_sha256": fingerprint, "inputs": inputs,
         }
 
     def _shadow_job(self, version: VersionInfo, inputs: dict[str, np.ndarray],

@@ -5,14 +5,15 @@ every worker writes its samples to memory-mapped files there and any worker's `/
 aggregates all of them (prometheus-client's multiprocess mode; gunicorn's `child_exit` hook
 marks dead workers). Without that variable (tests, a single process) the metrics live in this
 app's own registry. Policy gauges are read at scrape time from the worker's policy copy, which
-every worker holds whole, so they need no aggregation.
+every worker holds whole, so they need no aggregation; so are the input drift gauges, which
+every worker computes from the database (`gateway.lifecycle.drift_monitor`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -71,6 +72,31 @@ class PolicyCollector:
         yield shadow
 
 
+DriftGauges = Callable[[], Iterable[tuple[str, int, float | None, int]]]
+
+
+class DriftCollector:
+    """Input drift per model/version, read at scrape time from this worker's drift monitor
+    (every worker computes the same numbers from the database, so no aggregation is needed).
+    `gateway_drift_psi` is absent for a version until it has enough sampled rows."""
+
+    def __init__(self, gauges: DriftGauges) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        psi = GaugeMetricFamily("gateway_drift_psi", "Input drift of a version: the largest "
+                                "per-feature PSI of its sampled inputs against its evaluation "
+                                "reference", labels=["model", "version"])
+        samples = GaugeMetricFamily("gateway_drift_samples", "Sampled input rows the drift "
+                                    "score of a version rests on", labels=["model", "version"])
+        for model, version, score, rows in self._gauges():
+            samples.add_metric([model, str(version)], rows)
+            if score is not None:
+                psi.add_metric([model, str(version)], score)
+        yield psi
+        yield samples
+
+
 class Metrics:
     def __init__(self) -> None:
         self.multiprocess = multiprocess_mode()
@@ -123,6 +149,7 @@ class Metrics:
             "From a traffic policy change being published to this worker routing by it",
             ["model"], buckets=PROPAGATION_BUCKETS, registry=own)
         self._policies: Callable[[], dict[str, TrafficPolicy]] = dict
+        self._drift: DriftGauges = list
         # labels() takes a lock and builds a key per call; a request's children are looked up
         # once per (model, version, kind, status) and reused
         self._children: dict[tuple[str, int, str, int], tuple[Any, ...]] = {}
@@ -136,6 +163,9 @@ class Metrics:
 
     def watch_policies(self, policies: Callable[[], dict[str, TrafficPolicy]]) -> None:
         self._policies = policies
+
+    def watch_drift(self, gauges: DriftGauges) -> None:
+        self._drift = gauges
 
     def _outcome_children(self, model: str, version: int, kind: str, status: int
                           ) -> tuple[Any, ...]:
@@ -173,4 +203,5 @@ class Metrics:
             registry = self._own
         policy_registry = CollectorRegistry()
         policy_registry.register(PolicyCollector(self._policies))
+        policy_registry.register(DriftCollector(self._drift))
         return generate_latest(registry) + generate_latest(policy_registry), CONTENT_TYPE_LATEST

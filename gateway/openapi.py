@@ -166,9 +166,15 @@ def _registry_schemas() -> dict[str, Any]:
                         "additionalProperties": {"type": "number", "minimum": 0,
                                                  "maximum": 100},
                         "description": "version -> percent of routed requests copied"},
-             "reason": REASON},
+             "reason": REASON,
+             "force": {"type": "boolean", "default": False,
+                       "description": "Give weight to versions that fail the model's "
+                                      "evaluation gate; needs a non-empty reason and is "
+                                      "audited (traffic.gate_override)."}},
             ("weights",), closed=True,
-            description="The whole new policy: a missing shadow means no shadow.",
+            description="The whole new policy: a missing shadow means no shadow. Every version "
+                        "given weight must pass the model's evaluation gate (400 naming the "
+                        "failed rule otherwise) unless force is true.",
             example={"weights": {"1": 90, "2": 10}, "shadow": {"3": 100},
                      "reason": "canary 10%"}),
         "Batching": _obj({"model": STR, "enabled": BOOL, "max_batch": _nullable(INT),
@@ -519,6 +525,67 @@ def _admin_paths() -> dict[str, Any]:
     }
 
 
+def _rollout_paths() -> dict[str, Any]:
+    name = _p("name")
+    rollout = _obj({"id": INT, "model": STR, "candidate": INT, "baseline": INT,
+                    "state": {"type": "string", "enum": ["running", "paused", "completed",
+                                                         "rolled_back", "aborted"]},
+                    "steps": {"type": "array", "items": INT}, "step_index": INT,
+                    "weight": INT, "params": ANY_OBJECT, "last_decision": _nullable(ANY_OBJECT)},
+                   ("id", "model", "candidate", "baseline", "state", "steps", "weight"))
+    start_body = _json(_obj({
+        "candidate": {"oneOf": [INT, STR], "description": "Version number or alias."},
+        "baseline": {"oneOf": [INT, STR], "description": "Default: what serves now."},
+        "steps": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100},
+                  "description": "Increasing percents ending at 100 (default 5,25,50,100)."},
+        "metric": {"type": "string", "enum": ["accuracy", "reward"]},
+        "min_samples": {"type": "integer", "minimum": 10, "maximum": 10_000_000},
+        "max_regression": {"type": "number", "minimum": 0},
+        "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1},
+        "max_p99_ms": _nullable({"type": "number", "minimum": 0, "exclusiveMinimum": True}),
+        "alpha": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 0.5},
+        "reason": REASON, "force": BOOL}, ("candidate",), closed=True))
+    reason_body = _json(_obj({"reason": REASON}, closed=False))
+    paths: dict[str, Any] = {
+        "/admin/models/{name}/rollout": {
+            "get": _op("rollout_status", "admin",
+                       "The active (else the newest) rollout, with its audited decisions",
+                       {**_ok(rollout), **_errors(400, 401, 403, 404)}, role="ops",
+                       params=[name]),
+            "post": _op("rollout_start", "admin",
+                        "Start a progressive rollout of a candidate on outcomes",
+                        {**_ok(rollout, 201), **_errors(400, 401, 403, 404, 409, 413, 503)},
+                        role="ops", params=[name], body=start_body)},
+    }
+    for action, summary in (("pause", "Stop the controller acting; traffic stays as it is"),
+                            ("resume", "Re-apply the current step and let the controller act"),
+                            ("abort", "End the rollout and put the previous policy back")):
+        paths[f"/admin/models/{{name}}/rollout/{action}"] = {"post": _op(
+            f"rollout_{action}", "admin", summary,
+            {**_ok(rollout), **_errors(400, 401, 403, 404, 409, 413, 503)}, role="ops",
+            params=[name], body=reason_body, body_required=False)}
+    return paths
+
+
+def _drift_schema() -> dict[str, Any]:
+    reference = _nullable(_obj(
+        {"evaluation_id": INT, "dataset_sha256": STR, "dataset_name": STR, "rows": INT,
+         "created_at": STR}, ("evaluation_id", "dataset_sha256", "rows")))
+    version = _obj(
+        {"version": INT,
+         "status": {"type": "string",
+                    "enum": ["ok", "no_reference", "too_few_samples", "invalid_reference"]},
+         "score": _nullable(NUM), "threshold": NUM, "drifted": _nullable(BOOL),
+         "samples": INT, "reference": reference, "problem": STR,
+         "top_features": {"type": "array", "items": _obj({"feature": INT, "psi": NUM},
+                                                         ("feature", "psi"))}},
+        ("version", "status", "score", "threshold", "drifted", "samples", "reference",
+         "top_features"))
+    return _obj({"model": STR, "threshold": NUM, "min_samples": INT, "window": INT,
+                 "computed_at": STR, "versions": {"type": "array", "items": version}},
+                ("model", "threshold", "versions"))
+
+
 def _analytics_paths() -> dict[str, Any]:
     window = [_p("name"), _p("since"), _p("until")]
     return {
@@ -528,6 +595,15 @@ def _analytics_paths() -> dict[str, Any]:
             {**_ok(_obj({"model": STR, "versions": {"type": "array", "items": ANY_OBJECT}},
                         ("versions",))), **_errors(400, 401, 403, 404)},
             role="analyst", params=window)},
+        "/analytics/models/{name}/drift": {"get": _op(
+            "input_drift", "analytics",
+            "Per version: PSI of its sampled inputs against its evaluation's reference",
+            {**_ok(_drift_schema()), **_errors(400, 401, 403, 404, 503)},
+            role="analyst", params=[_p("name")],
+            note="The score is the largest per-feature PSI over the newest sampled input rows "
+                 "(GATEWAY_DRIFT_WINDOW); null until a version has a reference and enough "
+                 "rows (`status` says which). Cached per worker for "
+                 "GATEWAY_DRIFT_REFRESH_SECONDS (`computed_at`).")},
         "/analytics/models/{name}/outcomes": {"get": _op(
             "export_outcomes", "analytics", "The logged outcomes, streamed as CSV or JSON lines",
             {"200": {"description": "One row per served request and version", "content": {
@@ -630,7 +706,8 @@ def build_document(version: str) -> dict[str, Any]:
         "security": [{"bearerAuth": []}],
         "tags": [{"name": t} for t in ("inference", "v2", "feedback", "admin", "analytics",
                                        "dashboard", "operations")],
-        "paths": {**_inference_paths(), **_admin_paths(), **_analytics_paths(),
+        "paths": {**_inference_paths(), **_admin_paths(), **_rollout_paths(),
+                  **_analytics_paths(),
                   **_dashboard_paths(), **_operations_paths()},
         "components": {
             "securitySchemes": {"bearerAuth": {

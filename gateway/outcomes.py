@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.lifecycle.drift import logged_rows
 from gateway.metrics import Metrics
 from gateway.per_process import OncePerProcess
 from registry.db import Database
@@ -83,7 +84,8 @@ def summarise_prediction(outputs: dict[str, np.ndarray]) -> tuple[dict[str, Any]
 
 
 def complete_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Fill `prediction` and `predicted_label` from the raw `outputs` a request left behind.
+    """Fill `prediction` and `predicted_label` from the raw `outputs` a request left behind,
+    and `inputs` (rows of features) from the arrays of a request sampled for drift.
 
     Request threads hand over the model's output arrays as they are; summarising them (numpy
     slicing, `tolist`) happens here, on the flusher's thread, in batches, and not while the
@@ -93,6 +95,8 @@ def complete_row(row: dict[str, Any]) -> dict[str, Any]:
         outputs = row.pop("outputs")
         row["prediction"], row["predicted_label"] = (
             summarise_prediction(outputs) if outputs is not None else (None, None))
+    if isinstance(row.get("inputs"), tuple):  # sampled for drift: arrays in signature order
+        row["inputs"] = logged_rows(row["inputs"])
     return row
 
 

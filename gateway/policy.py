@@ -106,9 +106,11 @@ def parse_policy_body(body: dict[str, Any]) -> tuple[dict[str, int], dict[str, f
                                                         str | None]:
     """Check the shape of a PUT body; versions are resolved and checked against the registry
     later. Returns weights and shadow keyed by the caller's version references."""
-    unknown = set(body) - {"weights", "shadow", "reason"}
+    unknown = set(body) - {"weights", "shadow", "reason", "force"}
     if unknown:
-        raise InvalidInput(f"unknown fields {sorted(unknown)}; send weights, shadow, reason")
+        raise InvalidInput(f"unknown fields {sorted(unknown)}; send weights, shadow, reason "
+                           "(and force)")
+    parse_force(body)
     weights = body.get("weights")
     if not isinstance(weights, dict) or not weights:
         raise InvalidInput('weights must be a non-empty object: {"<version>": <integer>, ...}')
@@ -136,3 +138,16 @@ def parse_policy_body(body: dict[str, Any]) -> tuple[dict[str, int], dict[str, f
     if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
         raise InvalidInput("reason must be a string of at most 2000 characters")
     return parsed_weights, parsed_shadow, reason
+
+
+def parse_force(body: dict[str, Any]) -> bool:
+    """`force: true` overrides the evaluation gate; it is only accepted with a reason, because
+    the override is audited and the reason is what a later reader needs."""
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidInput("force must be true or false")
+    reason = body.get("reason")
+    if force and (not isinstance(reason, str) or not reason.strip()):
+        raise InvalidInput("force overrides the evaluation gate and needs a reason (it is "
+                           "audited): send a non-empty reason")
+    return force

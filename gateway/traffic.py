@@ -2,8 +2,10 @@
 
 Shared by the admin API and the CLI so both refuse the same things the same way. A change is
 accepted only when Redis is reachable (otherwise it could not take effect), every version exists,
-is not archived, loads in onnxruntime and accepts the same inputs as the others, and no version
-is both primary and shadow.
+is not archived, loads in onnxruntime and accepts the same inputs as the others, no version
+is both primary and shadow, and every version given weight passes the model's evaluation gate
+(`gateway.lifecycle.gate`; `force` with a reason overrides it, audited). A rollback is exempt
+from the gate: the undo must always work.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.catalog import Catalog, VersionInfo
-from gateway.policy import TrafficPolicy, parse_policy_body
+from gateway.lifecycle.gate import gate_failures
+from gateway.policy import TrafficPolicy, parse_force, parse_policy_body
 from gateway.policy_sync import PolicyCache, PolicyChannel
 from gateway.runtime import ModelRuntime
 from registry import traffic as sql_traffic
@@ -126,13 +129,30 @@ class TrafficAdmin:
         if both:
             raise InvalidInput(f"version(s) {both} cannot be both primary and shadow")
         self._check_loadable([v for v, _ in primary.values()] + [v for v, _ in copies.values()])
+        override = self._check_gate(model, [n for n, (_, w) in primary.items() if w > 0],
+                                    parse_force(body))
         stored = sql_traffic.append_revision(
             self.db, model,
             weights={str(n): w for n, (_, w) in sorted(primary.items())},
             shadow={str(n): p for n, (_, p) in sorted(copies.items())},
-            actor=actor, reason=reason, if_match=if_match,
+            actor=actor, reason=reason, if_match=if_match, gate_override=override,
         )
         return self._publish(stored)
+
+    def _check_gate(self, model: str, weighted: list[int], force: bool
+                    ) -> dict[str, Any] | None:
+        """Refuse weight for versions failing the model's evaluation gate, unless forced; the
+        failures a forced change overrides are returned for the audit. Shadow versions are not
+        checked: a shadow is how a version is tried before it passes."""
+        failures = gate_failures(self.db, model, sorted(weighted))
+        if not failures:
+            return None
+        if not force:
+            raise InvalidInput(
+                f"the evaluation gate of {model!r} refuses this policy: " + "; ".join(failures)
+                + ". Evaluate again, shadow the version instead, or override with force and a "
+                "reason (audited)")
+        return {"failures": failures, "versions": sorted(weighted)}
 
     def rollback(self, model: str, actor: str, reason: str | None,
                  if_match: int | None = None) -> dict[str, Any]:

@@ -402,13 +402,20 @@ def set_batching(db: Database, name: str, settings: Any, actor: str, reason: str
     """Turn a model's micro-batching on, change it or turn it off. The audit row moves the
     change counter, so every worker's catalog picks the settings up within a poll."""
     value = check_batching(settings)
+    set_model_setting(db, name, "batching", value, actor, reason)
+    return batching_record(name, value)
+
+
+def set_model_setting(db: Database, name: str, column: str, value: Any, actor: str,
+                      reason: str | None) -> None:
+    """Replace one of a model's JSON settings (`batching`, `gate`), audited as `model.<column>`
+    with from and to, so the change counter moves and every worker re-reads it."""
     with db.session() as session:
         model = _model_or_404(session, name)
-        previous = model.batching
-        model.batching = value
-        audit(session, actor, "model.batching", model=name, reason=reason,
+        previous = getattr(model, column)
+        setattr(model, column, value)
+        audit(session, actor, f"model.{column}", model=name, reason=reason,
               detail={"from": previous, "to": value})
-        return batching_record(name, value)
 
 
 def get_version(db: Database, name: str, ref: Any) -> dict[str, Any]:

@@ -90,7 +90,10 @@ def append_revision(
     reason: str | None,
     if_match: int | None,
     action: str = "set",
+    gate_override: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Append the next revision; `gate_override` (the gate failures a forced change overrode) is
+    audited in the same transaction, so there is never an override without its revision."""
     with db.session() as session:
         model = _model(session, name, lock=True)
         current = _newest(session, model)
@@ -109,6 +112,9 @@ def append_revision(
         audit(session, actor, f"traffic.{action}", model=name, reason=reason,
               detail={"revision": row.revision, "weights": weights, "shadow": shadow,
                       "previous_revision": current_revision})
+        if gate_override is not None:
+            audit(session, actor, "traffic.gate_override", model=name, reason=reason,
+                  detail={"revision": row.revision, **gate_override})
         return policy_dict(name, row)
 
 

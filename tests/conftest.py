@@ -177,3 +177,23 @@ def digits(settings: Settings, db: Database, examples_dir: Path) -> dict[str, An
     data = np.load(examples_dir / "digits_test.npz")
     return {"paths": paths, "X": data["X"], "y": data["y"], "versions": {"logreg": 1,
                                                                           "forest": 2, "mlp": 3}}
+
+
+@pytest.fixture
+def cli(settings, monkeypatch, tmp_path):
+    """`gateway ...` in this process, on this test's databases, stores and Redis prefix:
+    `status, out, err = cli(capsys, "models", "show", ...)`."""
+    from gateway.cli import main as cli_main
+
+    for key in [k for k in os.environ if k.startswith("GATEWAY_")]:
+        monkeypatch.delenv(key)
+    for key, value in server_env(settings).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+
+    def run(capsys, *argv: str) -> tuple[int, str, str]:
+        status = cli_main(list(argv))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run

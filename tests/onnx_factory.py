@@ -77,3 +77,30 @@ def slow_digits_model(width: int = 1024, layers: int = 128) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def weakened_digits_model(noise_share: float = 0.7, seed: int = 0) -> bytes:
+    """A digits classifier made worse on purpose: a logistic regression trained on labels of
+    which `noise_share` were replaced at random. Same signature as the examples (`input` float
+    [N, 64] -> `label`, `probabilities`), so it can share a traffic policy with them."""
+    import warnings
+
+    import numpy as np
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    noisy = y.copy()
+    replace = rng.random(len(y)) < noise_share
+    noisy[replace] = rng.integers(0, 10, int(replace.sum()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        model = LogisticRegression(max_iter=200).fit(X.astype(np.float32), noisy)
+    onx = to_onnx(model, initial_types=[("input", FloatTensorType([None, 64]))],
+                  options={LogisticRegression: {"zipmap": False}},
+                  target_opset={"": 17, "ai.onnx.ml": 3})
+    return onx.SerializeToString()

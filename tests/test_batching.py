@@ -4,7 +4,6 @@ and a served gateway merging concurrent requests."""
 from __future__ import annotations
 
 import http.client
-import os
 import threading
 import time
 from pathlib import Path
@@ -345,22 +344,6 @@ def test_runtime_batches_only_models_with_settings_and_never_unsplittable_ones(t
 
 
 # -- settings: CLI and admin API, on both databases ------------------------------------------
-
-@pytest.fixture
-def cli(settings, monkeypatch, tmp_path):
-    for key in [k for k in os.environ if k.startswith("GATEWAY_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("GATEWAY_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("GATEWAY_MODEL_STORE", str(settings.model_store))
-    monkeypatch.chdir(tmp_path)
-
-    def run(capsys, *argv: str) -> tuple[int, str, str]:
-        status = cli_main(list(argv))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
-
 
 def _register(settings, db, name: str, data: bytes) -> None:
     service.register_version(db, ArtifactStore(settings.model_store), name, data, None, "tests",

@@ -55,6 +55,8 @@ GAUGES = {
     "gateway_policy_revision",
     "gateway_policy_weight",
     "gateway_policy_shadow_percent",
+    "gateway_drift_psi",
+    "gateway_drift_samples",
 }
 HISTOGRAMS = {"gateway_request_latency_seconds", "gateway_model_latency_seconds"}
 KNOWN_METRICS = (

@@ -167,7 +167,8 @@ def test_contract_headers_and_bodies_are_described(sqlite_only, document):
     traffic = resolve(document, document["paths"]["/admin/models/{name}/traffic"]["put"])
     assert "If-Match" in {p["name"] for p in traffic["parameters"]}
     policy = traffic["requestBody"]["content"]["application/json"]["schema"]
-    assert set(policy["properties"]) == {"weights", "shadow", "reason"}
+    assert set(policy["properties"]) == {"weights", "shadow", "reason", "force"}
+    assert policy["properties"]["force"]["type"] == "boolean"  # the evaluation gate override
     assert policy["additionalProperties"] is False
 
 

@@ -1,4 +1,4 @@
-"""Analyst routes: the version comparison and the outcome export (streamed)."""
+"""Analyst routes: the version comparison, input drift and the outcome export (streamed)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from flask import Blueprint, Response, request
 from gateway.app import services
 from gateway.comparison import compare, window
 from gateway.http.responses import json_response
+from gateway.lifecycle.drift_monitor import drift_monitor
 from registry.errors import InvalidInput
 from registry.names import MAX_VERSION
 from registry.outcomes import EXPORT_COLUMNS, check_kind, export_rows
@@ -26,6 +27,14 @@ def compare_versions(name: str) -> Any:
     svc.catalog.model(name)
     since, until = window(request.args.get("since"), request.args.get("until"))
     return json_response(compare(svc.db, name, since, until))
+
+
+@bp.get("/models/<name>/drift")
+def drift(name: str) -> Any:
+    """Per version: PSI of its sampled inputs against its evaluation reference (cached for
+    GATEWAY_DRIFT_REFRESH_SECONDS, like /metrics: `computed_at` says when)."""
+    entry = services().catalog.model(name)
+    return json_response(drift_monitor().describe(name, sorted(entry.versions)))
 
 
 def _cell(value: Any) -> Any:

@@ -41,6 +41,8 @@ from markupsafe import Markup, escape
 from gateway import stats
 from gateway.app import Services, error_response, services
 from gateway.comparison import compare
+from gateway.http.dashboard_drift import drift_view
+from gateway.http.dashboard_rollouts import rollout_view
 from gateway.traffic import parse_if_match
 from registry import service, timeseries
 from registry.errors import Conflict, Forbidden, GatewayError, InvalidInput, Unauthorized
@@ -620,6 +622,8 @@ def _model_view(svc: Services, record: dict[str, Any], window: Window,
         "charts": [*primary_charts(primary, window.axis), shadow_chart(shadow, window.axis)],
         "comparison": _comparison_view(compare(svc.db, name, None, None)),
         "form": _form_state(policy, name, failed),
+        "drift": drift_view(name),
+        "rollout": rollout_view(svc.db, name),
     }
 
 
