@@ -76,6 +76,13 @@ class Context:
     def store(self) -> ArtifactStore:
         return ArtifactStore(self.settings.model_store)
 
+    def close(self) -> None:
+        """Return the database's pooled connections: `main` also runs in-process (tests,
+        scripts), where a leaked PostgreSQL connection outlives the command."""
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
 
 # ---- db ------------------------------------------------------------------------------------
 
@@ -552,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    ctx: Context | None = None
     try:
         ctx = Context()
         args.func(ctx, args)
@@ -568,6 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if ctx is not None:
+            ctx.close()
     return 0
 
 

@@ -49,6 +49,21 @@ def register_examples(db: Database, store: ArtifactStore, models_dir: Path,
     return numbers
 
 
+def evaluate_examples(db: Database, store: ArtifactStore, models_dir: Path,
+                      numbers: dict[str, int], max_bytes: int) -> None:
+    """Evaluate each example on the held-out split once (re-runs skip versions that already
+    have an evaluation on it), so `models show`, the gate and drift have data from the start."""
+    from gateway.lifecycle.datasets import load_dataset
+    from gateway.lifecycle.evaluation import evaluate
+    from models.examples import TEST_FILE
+    from registry.evaluations import latest_evaluation
+
+    dataset = load_dataset(models_dir / TEST_FILE, max_bytes)
+    for version in numbers.values():
+        if latest_evaluation(db, MODEL, version, dataset.sha256) is None:
+            evaluate(db, store, MODEL, version, dataset, "demo")
+
+
 def service_sha256(data: bytes) -> str:
     from registry.store import sha256_hex
 
@@ -101,6 +116,7 @@ def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str) ->
     db = Database(settings.database_url)
     store = ArtifactStore(settings.model_store)
     numbers = register_examples(db, store, workdir / "demo-models", settings.max_model_bytes)
+    evaluate_examples(db, store, workdir / "demo-models", numbers, settings.max_model_bytes)
     service.set_alias(db, MODEL, "champion", numbers["logreg"], "demo", "demo setup")
     service.set_alias(db, MODEL, "challenger", numbers["mlp"], "demo", "demo setup")
     policy = demo_policy(settings, db, store, numbers)
@@ -131,6 +147,12 @@ def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str) ->
     print("\nOther things to try:")
     print(f"  curl -s -H 'Authorization: Bearer {demo_tokens['ops']}' {base}/admin/models")
     print("  ../.venv/bin/gateway models list      (from the .demo directory)")
+    print(f"  ../.venv/bin/gateway models show {MODEL} {numbers['mlp']}      (its evaluation on "
+          "the held-out split)")
+    print(f"  ../.venv/bin/gateway models quantize {MODEL} {numbers['mlp']}  (an INT8 copy, "
+          "evaluated beside it)")
+    print(f"  ../.venv/bin/gateway rollout start {MODEL} --candidate {numbers['mlp']} "
+          "--min-samples 50   (moves on labelled feedback; docs/lifecycle.md)")
     if serve_after:
         from gateway.serving import serve
 

@@ -177,3 +177,37 @@ def test_guards_roll_back_on_errors_and_latency_whatever_the_metric_says() -> No
 def test_bad_plans_are_refused_with_the_reason(body: dict, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         parse_plan(body)
+
+
+def simulate_reward(rng: np.random.Generator, mean_candidate: float, p: dict) -> str:
+    """A reward rollout: rewards ~ Normal(mean, 1) per answer, baseline mean 1.0."""
+    step, step_samples = 0, 0
+    sums = {"c": [0, 0.0, 0.0], "b": [0, 0.0, 0.0]}
+    while True:
+        n_c = int(rng.binomial(REQUESTS_PER_LOOK, STEPS[step] / 100))
+        for arm, n, mean in (("c", n_c, mean_candidate), ("b", REQUESTS_PER_LOOK - n_c, 1.0)):
+            draws = rng.normal(mean, 1.0, n)
+            sums[arm][0] += n
+            sums[arm][1] += float(draws.sum())
+            sums[arm][2] += float((draws * draws).sum())
+        step_samples += n_c
+        seen = Observed(sums["c"][0], 0, Arm.from_sums(*sums["c"]), Arm.from_sums(*sums["b"]),
+                        step_samples, None)
+        action = decide(p, STEPS, step, seen).action
+        if action in ("rollback", "complete"):
+            return action
+        if action == "advance":
+            step, step_samples = step + 1, 0
+
+
+def test_reward_rollouts_keep_the_same_guarantees() -> None:
+    tau2, tau2_errors = planned_tau2("reward", MIN_SAMPLES, ALPHA, 1.0)
+    p = {**params(), "metric": "reward", "max_regression": 0.05, "tau2": tau2,
+         "tau2_errors": tau2_errors}
+    rng = np.random.default_rng(5)
+    at_margin = [simulate_reward(rng, 1.0 - 0.05, p) for _ in range(400)]
+    worse = [simulate_reward(rng, 0.5, p) for _ in range(100)]
+    print(f"reward: false rollbacks at the margin {at_margin.count('rollback') / 400:.4f}, "
+          f"worse caught {worse.count('rollback') / 100:.2f}")
+    assert at_margin.count("rollback") / 400 < ALPHA
+    assert worse.count("rollback") / 100 >= 0.95

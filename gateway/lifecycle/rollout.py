@@ -38,7 +38,7 @@ from redis.exceptions import LockError
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.catalog import Catalog
-from gateway.lifecycle.sequential import Arm, difference, one_arm, tau2_for
+from gateway.lifecycle.sequential import MIN_ARM_SAMPLES, Arm, difference, one_arm, tau2_for
 from gateway.traffic import TrafficAdmin
 from registry import outcomes as outcomes_sql
 from registry import rollouts as rollouts_sql
@@ -205,9 +205,9 @@ def decide(params: dict[str, Any], steps: list[int], step_index: int, seen: Obse
         return Decision("wait", (
             f"{seen.step_samples} of {params['min_samples']} {metric} outcomes of the "
             f"candidate at {steps[step_index]}%"), numbers)
-    if seen.baseline.n < 2:
-        return Decision("wait", f"the baseline has no {metric} outcomes since the rollout "
-                                "started to compare with", numbers)
+    if diff is None:
+        return Decision("wait", f"the baseline has fewer than {MIN_ARM_SAMPLES} {metric} "
+                                "outcomes since the rollout started to compare with", numbers)
     if step_index == len(steps) - 1:
         return Decision("complete", (
             f"{seen.step_samples} {metric} outcomes at 100% and no regression, error or "
@@ -256,6 +256,7 @@ class Rollouts:
         self.client = client
         self.prefix = prefix
         self.lock_seconds = lock_seconds
+        self.ops_lock_wait = 5.0  # how long ops changes wait for a look in progress
 
     # ---- locking ---------------------------------------------------------------------------
 
@@ -313,7 +314,7 @@ class Rollouts:
                   "tau2_errors": tau2_errors, "forced": plan.force}
         previous = {"revision": live["revision"], "weights": live["weights"],
                     "shadow": live["shadow"]}
-        lock = self._lock(model, wait=5.0)
+        lock = self._lock(model, wait=self.ops_lock_wait)
         try:
             row = rollouts_sql.create(self.db, model, candidate, baseline, plan.steps, params,
                                       previous, actor, plan.reason)
@@ -382,7 +383,7 @@ class Rollouts:
     def pause(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
         reason = _reason(reason)
         self.catalog.model(model)
-        lock = self._lock(model, wait=5.0)
+        lock = self._lock(model, wait=self.ops_lock_wait)
         try:
             current = self._active(model)
             if current["state"] != "running":
@@ -398,7 +399,7 @@ class Rollouts:
         """Continue at the current step, re-applying its weights over whatever is live."""
         reason = _reason(reason)
         self.catalog.model(model)
-        lock = self._lock(model, wait=5.0)
+        lock = self._lock(model, wait=self.ops_lock_wait)
         try:
             current = self._active(model)
             if current["state"] != "paused":
@@ -424,7 +425,7 @@ class Rollouts:
         """Stop and put the policy from before the rollout back."""
         reason = _reason(reason)
         self.catalog.model(model)
-        lock = self._lock(model, wait=5.0)
+        lock = self._lock(model, wait=self.ops_lock_wait)
         try:
             current = self._active(model)
             text = reason or "aborted by ops"

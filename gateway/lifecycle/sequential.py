@@ -65,6 +65,11 @@ class Interval:
 
 
 VARIANCE_FLOOR = 1e-12
+# Below this many observations per arm a plug-in variance can be far too small (two rewards
+# that happen to be close), and the asymptotic interval with it; the simulation in
+# tests/test_rollout_decisions.py measured 6.7% false rollbacks for rewards at alpha 0.05
+# without this minimum, under 5% with it.
+MIN_ARM_SAMPLES = 30
 
 
 def half_width(information: float, tau2: float, alpha: float) -> float:
@@ -85,8 +90,9 @@ def tau2_for(planned_information: float, alpha: float) -> float:
 
 
 def difference(candidate: Arm, baseline: Arm, tau2: float, alpha: float) -> Interval | None:
-    """Confidence sequence for candidate mean minus baseline mean (two independent arms)."""
-    if candidate.n < 2 or baseline.n < 2:
+    """Confidence sequence for candidate mean minus baseline mean (two independent arms); None
+    until both have MIN_ARM_SAMPLES observations."""
+    if candidate.n < MIN_ARM_SAMPLES or baseline.n < MIN_ARM_SAMPLES:
         return None
     variance = max(candidate.variance / candidate.n + baseline.variance / baseline.n,
                    VARIANCE_FLOOR)
