@@ -222,7 +222,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.watch_policies(policies.all)
     traffic = TrafficAdmin(db, catalog, runtime, channel, policies)
     rollouts = Rollouts(db, catalog, traffic, client, settings.redis_prefix,
-                        lock_seconds=max(30.0, 3 * settings.rollout_interval_seconds))
+                        lock_seconds=max(30.0, 3 * settings.rollout_interval_seconds),
+                        on_decision=lambda model, action: metrics.rollout_decisions.labels(
+                            model, action).inc())
     app.extensions["mgw"] = Services(
         settings=settings, db=db, store=store, catalog=catalog, runtime=runtime,
         dataplane=DataPlane(catalog, runtime, policies, shadows, outcomes,

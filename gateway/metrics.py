@@ -142,6 +142,10 @@ class Metrics:
         self.load_failures = Counter("gateway_model_load_failures",
                                      "Versions that failed to load (corrupt or unloadable)",
                                      labels, registry=own)
+        self.rollout_decisions = Counter(
+            "gateway_rollout_decisions", "Rollout controller decisions that changed something "
+            "(advance, complete, rollback, pause), by the process that took them",
+            ["model", "action"], registry=own)
         # Observed by the runtime's batchers (`ModelRuntime(batch_sizes=...)`).
         self.batch_requests = batch_histogram(own)
         self.policy_propagation = Histogram(

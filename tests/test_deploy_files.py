@@ -47,6 +47,7 @@ COUNTERS = {
     "gateway_model_load_failures_total",
     "gateway_outcome_spool_failures_total",
     "gateway_outcomes_dropped_total",
+    "gateway_rollout_decisions_total",
 }
 GAUGES = {
     "gateway_outcome_queue_depth",

@@ -307,3 +307,27 @@ def test_the_gate_guards_a_rollout_and_a_forced_start_keeps_its_override(
     overrides = [e for e in service.list_audit(db, model="digits")
                  if e["action"] == "traffic.gate_override"]
     assert len(overrides) >= 2
+
+
+def test_an_equal_candidate_its_own_int8_copy_goes_all_the_way_without_a_rollback(
+        app, client, digits, ops, app_headers, settings, db, examples_dir):
+    """The quantized MLP answers like the MLP (they disagree on a row or two of the held-out
+    split), so over some 25 looks the controller must never roll it back."""
+    from gateway.lifecycle.datasets import load_dataset
+    from gateway.lifecycle.quantize import quantize
+
+    dataset = load_dataset(examples_dir / "digits_test.npz", settings.max_model_bytes)
+    child = quantize(db, ArtifactStore(settings.model_store), "digits", 3, "tests", dataset,
+                     max_bytes=settings.max_model_bytes)["child"]["version"]
+    app.extensions["mgw"].catalog.reload()
+    set_policy(client, ops, {"3": 100})
+    response = client.post("/admin/models/digits/rollout", headers=ops, json={
+        "candidate": child, "min_samples": 40, "max_regression": 0.02})
+    assert response.status_code == 201, response.get_json()
+    served, decisions = run_until_done(app, client, app_headers, digits, 60, 80, seed=4)
+    assert decisions[-1].action == "complete", [d.reason for d in decisions]
+    assert not any(d.action == "rollback" for d in decisions)
+    assert len(decisions) >= 10  # looked at many times on the way
+    mine = np.mean([c for v, c in served if v == child])
+    theirs = np.mean([c for v, c in served if v == 3])
+    assert abs(mine - theirs) < 0.05  # the premise: they are about equal on what they served

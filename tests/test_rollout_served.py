@@ -4,9 +4,11 @@ only sends predictions and their ground truth, as applications would."""
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from registry import service
 from registry.store import ArtifactStore
@@ -53,6 +55,13 @@ def test_the_controller_rolls_a_worse_candidate_back_by_itself(
             state = call(base, "GET", "/admin/models/digits/rollout", ops)[1]["state"]
         rollout = call(base, "GET", "/admin/models/digits/rollout", ops)[1]
         policy = call(base, "GET", "/admin/models/digits/traffic", ops)[1]
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            families = {f.name: f for f in text_string_to_metric_families(
+                response.read().decode())}
+    decided = {s.labels["action"]: s.value for s in families["gateway_rollout_decisions"].samples
+               if s.name.endswith("_total") and s.labels["model"] == "digits"}
+    assert decided.get("rollback") == 1.0, decided
+    assert "advance" not in decided or decided["advance"] <= 1  # at most 5% -> 25% first
     assert rollout["state"] == "rolled_back", rollout["last_decision"]
     decisions = rollout["decisions"]
     assert decisions[-1]["action"] == "rollout.rollback"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -249,8 +250,11 @@ class Rollouts:
     admin API and the CLI alike."""
 
     def __init__(self, db: Database, catalog: Catalog, traffic: TrafficAdmin,
-                 client: redis.Redis | None, prefix: str, lock_seconds: float = 30.0) -> None:
+                 client: redis.Redis | None, prefix: str, lock_seconds: float = 30.0,
+                 on_decision: Callable[[str, str], None] | None = None) -> None:
+        """`on_decision(model, action)` is told of every decision that changed something."""
         self.db = db
+        self.on_decision = on_decision
         self.catalog = catalog
         self.traffic = traffic
         self.client = client
@@ -523,6 +527,7 @@ class Rollouts:
                                 "rollout.pause", {"state": "paused",
                                                   "last_decision": decision.as_dict()},
                                 detail=decision.as_dict())
+            self._told(model, decision)
             return decision
         decision = decide(current["params"], current["steps"], step,
                           self.observe(model, current))
@@ -572,7 +577,12 @@ class Rollouts:
                                 "rollout.pause", {"state": "paused",
                                                   "last_decision": decision.as_dict()},
                                 detail=decision.as_dict())
+        self._told(model, decision)
         return decision
+
+    def _told(self, model: str, decision: Decision) -> None:
+        if decision.action != "wait" and self.on_decision is not None:
+            self.on_decision(model, decision.action)
 
 
 class RolloutController:
