@@ -199,10 +199,14 @@ class PolicyCache:
             except redis.RedisError as exc:
                 if self.redis_ok or self.last_error is None:
                     log.warning("Redis unreachable; serving the last known policies: %s", exc)
+                # On losing Redis, catch up from SQL (only newer revisions are installed): a
+                # change announced just before Redis died may not have been read yet. CI saw
+                # it: a worker got the notification, its read of the policy failed, and it
+                # served the default version for the whole outage.
+                if self.redis_ok or not self.loaded.is_set():
+                    self._load_from_sql()
                 self.redis_ok = False
                 self.last_error = f"Redis unreachable: {exc.__class__.__name__}"
-                if not self.loaded.is_set():
-                    self._load_from_sql()
                 self.loaded.set()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
