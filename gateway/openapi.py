@@ -132,7 +132,14 @@ def _registry_schemas() -> dict[str, Any]:
          "archived_at": _nullable(STR), "archived_reason": _nullable(STR),
          "lineage": _obj({"parent_version": _nullable(INT),
                           "ancestors": {"type": "array", "items": INT},
-                          "children": {"type": "array", "items": INT}})},
+                          "children": {"type": "array", "items": INT}}),
+         "evaluation": _nullable({**ANY_OBJECT, "description": "The latest evaluation (GET "
+                                  "of one version only)."}),
+         "gate": _nullable({**ANY_OBJECT, "description": "The model's gate on this version: "
+                            "passed, failures (null without a gate)."}),
+         "vs_parent": _nullable({**ANY_OBJECT, "description": "size_ratio, "
+                                 "latency_p50_ratio, accuracy_delta against the parent on "
+                                 "the same dataset."})},
         ("model", "version", "sha256", "size_bytes", "inputs", "outputs", "stage",
          "created_at"))
     return {

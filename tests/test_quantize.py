@@ -14,10 +14,11 @@ import orjson
 import pytest
 from sklearn.metrics import accuracy_score
 
+from gateway.app import create_app
 from gateway.lifecycle.datasets import load_dataset
 from gateway.lifecycle.evaluation import evaluate
 from gateway.lifecycle.quantize import quantize
-from registry import evaluations, service
+from registry import evaluations, service, tokens
 from registry.errors import InvalidInput
 from registry.store import ArtifactStore
 
@@ -77,6 +78,17 @@ def test_quantized_mlp_is_smaller_and_as_accurate(settings, db, digits, examples
     assert shown["vs_parent"]["size_ratio"] == pytest.approx(size_ratio)
     assert shown["vs_parent"]["accuracy_delta"] == pytest.approx(delta, abs=1e-12)
     assert shown["evaluation"]["id"] == child_eval["id"]
+
+    # the same over HTTP, for ops without the CLI
+    app = create_app(settings)
+    try:
+        token = tokens.create_token(db, "ops", "q-ops", "tests")
+        record = app.test_client().get("/admin/models/digits/versions/4",
+                                       headers={"Authorization": f"Bearer {token}"}).get_json()
+    finally:
+        app.extensions["mgw"].close()
+    assert record["vs_parent"]["size_ratio"] == pytest.approx(size_ratio)
+    assert record["evaluation"]["id"] == child_eval["id"] and record["gate"] is None
 
 
 def test_cli_quantize_with_a_dataset_evaluates_the_parent_too(db, digits, examples_dir, cli,

@@ -94,7 +94,14 @@ def register_version(name: str) -> Any:
 
 @bp.get("/models/<name>/versions/<ref>")
 def get_version(name: str, ref: str) -> Any:
-    return json_response(service.get_version(services().db, name, ref))
+    """The record with what `gateway models show` adds: latest evaluation, gate status and the
+    comparison with the parent on the same dataset."""
+    from gateway.lifecycle.summary import version_summary
+
+    db = services().db
+    record = service.get_version(db, name, ref)
+    record.update(version_summary(db, name, record))
+    return json_response(record)
 
 
 @bp.put("/models/<name>/aliases/<alias>")
