@@ -124,12 +124,16 @@ def update(db: Database, name: str, rollout_id: int, expect_state: str, expect_s
 
 def decisions(db: Database, name: str, rollout_id: int, limit: int = 200
               ) -> list[dict[str, Any]]:
-    """The audited decisions of one rollout, oldest first."""
+    """The newest `limit` audited decisions of one rollout, oldest first. Entries since the
+    rollout started are read (the audit's ts index), then kept by the id in their detail."""
     with db.read() as session:
+        started = session.scalar(select(Rollout.started_at).where(Rollout.id == rollout_id))
+        if started is None:
+            return []
         rows = session.scalars(
-            select(AuditEntry).where(AuditEntry.model == name,
+            select(AuditEntry).where(AuditEntry.model == name, AuditEntry.ts >= started,
                                      AuditEntry.action.like("rollout.%"))
-            .order_by(AuditEntry.id.desc()).limit(limit * 4))
+            .order_by(AuditEntry.id.desc()))
         out = [{"id": e.id, "ts": iso(e.ts), "actor": e.actor, "action": e.action,
                 "reason": e.reason, "detail": e.detail}
                for e in rows if (e.detail or {}).get("rollout") == rollout_id]

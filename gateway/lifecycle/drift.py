@@ -161,9 +161,10 @@ def score_rows(reference: dict[str, Any], rows: np.ndarray,
     waits for enough rows. Sampling noise: with n live rows, N reference rows and b occupied
     bins, a same-distribution PSI is about (b - 1) * (1/n + 1/N) per feature (it is a
     chi-square statistic in disguise). Measured on digits (reference: the 450-row test split;
-    live: bootstrap draws of the training split, 100 draws each), the maximum over 64
-    features was 0.16 at most with n = 500 (95th percentile 0.13) but 0.23 with n = 300 and
-    0.24 with n = 200: hence 500 rows before a score, not 200.
+    live: bootstrap draws of the training split, 100 draws each; `python -m
+    bench.drift_noise`), the maximum over 64 features was 0.13 at most with n = 500 (95th
+    percentile 0.12) but 0.22 with n = 300 and 0.29 with n = 200: hence 500 rows before a
+    score, not 200.
     """
     check_reference(reference)
     matrix = np.asarray(rows, dtype=np.float32)

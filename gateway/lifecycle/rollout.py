@@ -26,10 +26,11 @@ A hand-made policy change pauses the rollout instead of being overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,7 @@ from registry import rollouts as rollouts_sql
 from registry import service
 from registry.db import Database
 from registry.errors import Conflict, GatewayError, InvalidInput, NotFound, Unavailable
+from registry.service import iso
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         return {"action": self.action, "reason": self.reason, **self.numbers,
-                "ts": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+                "ts": iso(datetime.now(UTC))}
 
 
 def decide(params: dict[str, Any], steps: list[int], step_index: int, seen: Observed
@@ -229,10 +231,21 @@ def planned_tau2(metric: str, min_samples: int, alpha: float, baseline_variance:
     return metric_tau2, errors_tau2
 
 
-def weights_for(candidate: int, baseline: int, percent: int) -> dict[str, int]:
-    if percent >= 100:
-        return {str(candidate): 100}
-    return {str(baseline): 100 - percent, str(candidate): percent}
+def step_policy(candidate: int, baseline: int, percent: int, live_shadow: dict[str, Any],
+                reason: str, forced: bool) -> dict[str, Any]:
+    """The traffic body for one step: candidate at `percent`, baseline the rest, the live
+    shadows kept except on the two arms (a version cannot be primary and shadow). A rollout
+    started past the gate (`force`, audited then) keeps that override for its later steps:
+    ops decided it once, for the whole rollout."""
+    weights = ({str(candidate): 100} if percent >= 100
+               else {str(baseline): 100 - percent, str(candidate): percent})
+    body: dict[str, Any] = {
+        "weights": weights, "reason": reason,
+        "shadow": {v: p for v, p in live_shadow.items()
+                   if v not in (str(candidate), str(baseline))}}
+    if forced:
+        body.update(force=True, reason=f"{reason}; evaluation gate overridden at the start")
+    return body
 
 
 def _parse_ts(value: str) -> datetime:
@@ -322,15 +335,10 @@ class Rollouts:
         try:
             row = rollouts_sql.create(self.db, model, candidate, baseline, plan.steps, params,
                                       previous, actor, plan.reason)
-            shadow = {v: p for v, p in live["shadow"].items()
-                      if v not in (str(candidate), str(baseline))}
-            policy_body: dict[str, Any] = {
-                "weights": weights_for(candidate, baseline, plan.steps[0]), "shadow": shadow,
-                "reason": f"rollout {row['id']}: candidate {candidate} at {plan.steps[0]}%"
-                          + (f" ({plan.reason})" if plan.reason else "")}
-            if plan.force:
-                policy_body["force"] = True
-                policy_body["reason"] = f"{policy_body['reason']}; gate overridden"
+            policy_body = step_policy(
+                candidate, baseline, plan.steps[0], live["shadow"],
+                f"rollout {row['id']}: candidate {candidate} at {plan.steps[0]}%"
+                + (f" ({plan.reason})" if plan.reason else ""), plan.force)
             try:
                 policy = self.traffic.set(model, policy_body, actor, live["revision"])
             except Exception:
@@ -338,7 +346,7 @@ class Rollouts:
                 raise
             decision = {"action": "start", "reason": f"candidate {candidate} at "
                         f"{plan.steps[0]}% against baseline {baseline}",
-                        "ts": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+                        "ts": iso(datetime.now(UTC))}
             return rollouts_sql.update(
                 self.db, model, row["id"], "running", 0, actor, "rollout.start",
                 {"revision": policy["revision"], "last_decision": decision},
@@ -384,74 +392,57 @@ class Rollouts:
             raise Conflict(f"model {model!r} has no active rollout")
         return current
 
-    def pause(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
-        reason = _reason(reason)
+    @contextlib.contextmanager
+    def _ops_change(self, model: str, expect: str | None) -> Iterator[dict[str, Any]]:
+        """The active rollout, read under the model's lock (waiting briefly for a look in
+        progress); `expect` None accepts running and paused alike."""
         self.catalog.model(model)
         lock = self._lock(model, wait=self.ops_lock_wait)
         try:
             current = self._active(model)
-            if current["state"] != "running":
-                raise Conflict(f"the rollout of {model!r} is already paused")
-            return rollouts_sql.update(
-                self.db, model, current["id"], "running", current["step_index"], actor,
-                "rollout.pause", {"state": "paused", "last_decision": {
-                    "action": "pause", "reason": reason or "paused by ops"}}, reason=reason)
+            if expect is not None and current["state"] != expect:
+                raise Conflict(f"the rollout of {model!r} is {current['state']}, not {expect}")
+            yield current
         finally:
             self._release(lock)
+
+    def _ops_update(self, model: str, current: dict[str, Any], actor: str, action: str,
+                    changes: dict[str, Any], reason: str | None, text: str
+                    ) -> dict[str, Any]:
+        return rollouts_sql.update(
+            self.db, model, current["id"], current["state"], current["step_index"], actor,
+            f"rollout.{action}",
+            {**changes, "last_decision": {"action": action, "reason": reason or text}},
+            reason=reason)
+
+    def pause(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
+        reason = _reason(reason)
+        with self._ops_change(model, "running") as current:
+            return self._ops_update(model, current, actor, "pause", {"state": "paused"},
+                                    reason, "paused by ops")
 
     def resume(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
         """Continue at the current step, re-applying its weights over whatever is live."""
         reason = _reason(reason)
-        self.catalog.model(model)
-        lock = self._lock(model, wait=self.ops_lock_wait)
-        try:
-            current = self._active(model)
-            if current["state"] != "paused":
-                raise Conflict(f"the rollout of {model!r} is running, not paused")
+        with self._ops_change(model, "paused") as current:
             live = self.traffic.show(model)
-            policy = self.traffic.set(model, self._forced(current, {
-                "weights": weights_for(current["candidate"], current["baseline"],
-                                       current["weight"]),
-                "shadow": {v: p for v, p in live["shadow"].items()
-                           if v not in (str(current["candidate"]), str(current["baseline"]))},
-                "reason": f"rollout {current['id']} resumed at {current['weight']}%"}),
-                actor, live["revision"])
-            return rollouts_sql.update(
-                self.db, model, current["id"], "paused", current["step_index"], actor,
-                "rollout.resume", {"state": "running", "revision": policy["revision"],
-                                   "last_decision": {"action": "resume",
-                                                     "reason": reason or "resumed by ops"}},
-                reason=reason)
-        finally:
-            self._release(lock)
+            policy = self.traffic.set(model, step_policy(
+                current["candidate"], current["baseline"], current["weight"], live["shadow"],
+                f"rollout {current['id']} resumed at {current['weight']}%",
+                current["params"].get("forced", False)), actor, live["revision"])
+            return self._ops_update(model, current, actor, "resume",
+                                    {"state": "running", "revision": policy["revision"]},
+                                    reason, "resumed by ops")
 
     def abort(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
         """Stop and put the policy from before the rollout back."""
         reason = _reason(reason)
-        self.catalog.model(model)
-        lock = self._lock(model, wait=self.ops_lock_wait)
-        try:
-            current = self._active(model)
-            text = reason or "aborted by ops"
-            revision = self._restore(model, current, actor,
-                                     f"rollout {current['id']} aborted: {text}", None)
-            return rollouts_sql.update(
-                self.db, model, current["id"], current["state"], current["step_index"], actor,
-                "rollout.abort", {"state": "aborted", "finished_at": datetime.now(UTC),
-                                  "revision": revision,
-                                  "last_decision": {"action": "abort", "reason": text}},
-                reason=reason)
-        finally:
-            self._release(lock)
-
-    @staticmethod
-    def _forced(current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        """A rollout started past the gate (`force`, audited then) keeps that override for
-        its later steps: ops decided it once, for the whole rollout."""
-        if current["params"].get("forced"):
-            return {**body, "force": True,
-                    "reason": f"{body['reason']}; gate overridden at the rollout's start"}
-        return body
+        with self._ops_change(model, None) as current:
+            revision = self._restore(model, current, actor, f"rollout {current['id']} "
+                                     f"aborted: {reason or 'aborted by ops'}", None)
+            return self._ops_update(model, current, actor, "abort",
+                                    {"state": "aborted", "finished_at": datetime.now(UTC),
+                                     "revision": revision}, reason, "aborted by ops")
 
     def _restore(self, model: str, current: dict[str, Any], actor: str, reason: str,
                  if_match: int | None) -> int:
@@ -539,14 +530,10 @@ class Rollouts:
                                     "rollout.wait" if first_hold else None,
                                     {"last_decision": record}, detail=record)
             elif decision.action == "advance":
-                nxt = current["steps"][step + 1]
-                shadow = {v: p for v, p in live["shadow"].items()
-                          if v not in (str(current["candidate"]), str(current["baseline"]))}
-                policy = self.traffic.set(model, self._forced(current, {
-                    "weights": weights_for(current["candidate"], current["baseline"], nxt),
-                    "shadow": shadow,
-                    "reason": f"rollout {rid}: {decision.reason}"}), CONTROLLER,
-                    current["revision"])
+                policy = self.traffic.set(model, step_policy(
+                    current["candidate"], current["baseline"], current["steps"][step + 1],
+                    live["shadow"], f"rollout {rid}: {decision.reason}",
+                    current["params"].get("forced", False)), CONTROLLER, current["revision"])
                 rollouts_sql.update(self.db, model, rid, "running", step, CONTROLLER,
                                     "rollout.advance",
                                     {"step_index": step + 1, "revision": policy["revision"],
