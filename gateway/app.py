@@ -26,6 +26,7 @@ from gateway.lifecycle.rollout import RolloutController, Rollouts
 from gateway.metrics import Metrics
 from gateway.outcomes import OutcomeLog
 from gateway.policy_sync import PolicyCache, PolicyChannel
+from gateway.registry_sync import RegistryAnnouncer
 from gateway.request_ids import RequestIds
 from gateway.runtime import ModelRuntime
 from gateway.settings import Settings
@@ -75,6 +76,7 @@ class Services:
     metrics: Metrics
     rollouts: Rollouts
     controller: RolloutController
+    announcer: RegistryAnnouncer
 
     def start(self) -> None:
         """Start this process's background refreshers now rather than on the first request."""
@@ -220,6 +222,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     outcomes = OutcomeLog(db, settings.state_dir / "spool", settings.outcome_flush_seconds,
                           max_buffer=settings.outcome_buffer, metrics=metrics)
     metrics.watch_policies(policies.all)
+    announcer = RegistryAnnouncer(db, client, settings.redis_prefix)
+    policies.listen(announcer.channel, announcer.receiver(catalog))
     traffic = TrafficAdmin(db, catalog, runtime, channel, policies)
     rollouts = Rollouts(db, catalog, traffic, client, settings.redis_prefix,
                         lock_seconds=max(30.0, 3 * settings.rollout_interval_seconds),
@@ -237,6 +241,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         feedback=FeedbackDesk(db, outcomes, settings.feedback_wait_seconds, metrics),
         metrics=metrics, rollouts=rollouts,
         controller=RolloutController(rollouts, settings.rollout_interval_seconds),
+        announcer=announcer,
     )
 
     metrics.watch_drift(drift_monitor.init_app(app, db, settings).gauges)

@@ -25,16 +25,23 @@ PUBLIC_BLUEPRINTS = {"health", "v2_health", "metrics", "dashboard_login", "opena
 BLUEPRINT_ROLES = {
     "predict": "app",
     "v2": "app",
-    "feedback": "app",
+    "feedback": "feedback",
     "analytics": "analyst",
     "dashboard": "analyst",
     "admin": "ops",
+}
+# What each role may reach, by the role a blueprint asks for. `app` may give feedback, but only
+# on its own requests: `gateway.feedback` narrows it by the token's key id (`g.caller`).
+ROLE_GRANTS = {
+    "app": frozenset({"app", "feedback"}),
+    "feedback": frozenset({"feedback"}),
+    "analyst": frozenset({"analyst"}),
 }
 ANONYMOUS = "anonymous"
 
 
 def role_allows(role: str, required: str) -> bool:
-    return role == "ops" or role == required
+    return role == "ops" or required in ROLE_GRANTS.get(role, ())
 
 
 class TokenVerifier:
@@ -127,3 +134,5 @@ def init_app(app: Flask, db: Database, enabled: bool, ttl_seconds: float) -> Non
         if not role_allows(record.role, needed):
             raise Forbidden(f"this route needs the {needed} role; the token has {record.role}")
         g.actor = record.name
+        g.caller = record.key_id  # recorded with each outcome: who may label the request
+        g.role = record.role

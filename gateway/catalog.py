@@ -1,10 +1,15 @@
 """The registry as each worker sees it: an immutable snapshot, swapped whole when it changes.
 
-The hot path resolves model and version against this in-process copy, never the database. A
-background thread polls the registry's change counter (the newest audit id) and reloads the
-snapshot when it moves, so aliases, archives and new versions reach every worker within about
-one poll interval. A miss (a version registered a moment ago) triggers one immediate reload,
-rate-limited so that requests for names that do not exist cannot hammer the database.
+The hot path resolves model and version against this in-process copy, never the database.
+Three things keep it current. A registry change is announced on Redis and each worker reloads
+before acknowledging it (`gateway.registry_sync`), so the writer answers only once every worker
+has it. A miss (a name or version the snapshot does not hold) looks that one model up before
+answering 404, within a per-worker budget of lookups per second so that requests for names that
+do not exist cannot hammer the database. And a background thread polls the registry's change
+counter (the newest audit id), the safety net for a missed announcement.
+
+Control-plane validations (traffic, rollouts) do not use the snapshot at all: `read_model`
+reads the model from the database every time.
 
 The snapshot also keeps the registry's full records as `GET /admin/models` shows them, so that
 registry reads are still answered, from this copy, while the database is unreachable.
@@ -16,11 +21,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from gateway.batching import BatchSettings
 from gateway.codecs import TensorSpec
@@ -29,11 +35,11 @@ from registry.db import Database
 from registry.errors import UnknownModel, UnknownVersion
 from registry.names import check_model_name, parse_version_ref
 from registry.service import change_counter, list_models
-from registry.tables import Alias, Model, ModelVersion
+from registry.tables import Alias, AuditEntry, Model, ModelVersion
 
 log = logging.getLogger(__name__)
 
-MISS_RELOAD_INTERVAL_S = 0.25
+MISS_LOOKUPS_PER_SECOND = 20.0  # per worker; a burst of this many is allowed at once
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class ModelEntry:
     versions: dict[int, VersionInfo]
     aliases: dict[str, int]
     batching: BatchSettings | None = None
+    counter: int = -1  # the registry's change counter when this entry was read
 
     @property
     def latest_live(self) -> VersionInfo | None:
@@ -73,44 +80,78 @@ class Snapshot:
     records: tuple[dict[str, Any], ...] = ()
 
 
+def _entries(session: Session, models: list[Model], counter: int) -> dict[str, ModelEntry]:
+    """The entries of `models`, with their versions and aliases, read in one session."""
+    names = {m.id: m.name for m in models}
+    if not names:
+        return {}
+    batching = {m.name: BatchSettings.from_record(m.batching) for m in models}
+    versions: dict[str, dict[int, VersionInfo]] = {n: {} for n in names.values()}
+    aliases: dict[str, dict[str, int]] = {n: {} for n in names.values()}
+    for row in session.scalars(select(ModelVersion).where(ModelVersion.model_id.in_(names))):
+        name = names[row.model_id]
+        versions[name][row.version] = VersionInfo(
+            model=name,
+            version=row.version,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            inputs=tuple(TensorSpec.from_record(r) for r in row.inputs),
+            outputs=tuple(TensorSpec.from_record(r) for r in row.outputs),
+            stage=row.stage,
+            batching=batching[name],
+        )
+    for alias in session.scalars(select(Alias).where(Alias.model_id.in_(names))):
+        aliases[names[alias.model_id]][alias.name] = alias.version
+    return {n: ModelEntry(n, versions[n], aliases[n], batching[n], counter)
+            for n in names.values()}
+
+
 def load_snapshot(db: Database) -> Snapshot:
     counter = change_counter(db)
     with db.read() as session:
-        models = list(session.scalars(select(Model)))
-        names = {m.id: m.name for m in models}
-        batching = {m.name: BatchSettings.from_record(m.batching) for m in models}
-        versions: dict[str, dict[int, VersionInfo]] = {n: {} for n in names.values()}
-        aliases: dict[str, dict[str, int]] = {n: {} for n in names.values()}
-        for row in session.scalars(select(ModelVersion)):
-            name = names[row.model_id]
-            versions[name][row.version] = VersionInfo(
-                model=name,
-                version=row.version,
-                sha256=row.sha256,
-                size_bytes=row.size_bytes,
-                inputs=tuple(TensorSpec.from_record(r) for r in row.inputs),
-                outputs=tuple(TensorSpec.from_record(r) for r in row.outputs),
-                stage=row.stage,
-                batching=batching[name],
-            )
-        for alias in session.scalars(select(Alias)):
-            aliases[names[alias.model_id]][alias.name] = alias.version
-    return Snapshot(
-        counter=counter,
-        models={n: ModelEntry(n, versions[n], aliases[n], batching[n]) for n in names.values()},
-        records=tuple(list_models(db)),
-    )
+        models = _entries(session, list(session.scalars(select(Model))), counter)
+    return Snapshot(counter=counter, models=models, records=tuple(list_models(db)))
+
+
+def load_model_entry(db: Database, name: str) -> ModelEntry | None:
+    """One model as the registry holds it now: the lookup behind a miss and the control plane."""
+    with db.read() as session:
+        counter = int(session.scalar(select(func.max(AuditEntry.id))) or 0)
+        model = session.scalar(select(Model).where(Model.name == name))
+        if model is None:
+            return None
+        return _entries(session, [model], counter)[name]
+
+
+class LookupBudget:
+    """A token bucket: how many database lookups for misses this worker may still make now."""
+
+    def __init__(self, per_second: float) -> None:
+        self._rate = per_second
+        self._tokens = per_second
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class Catalog:
     """Per-process registry snapshot with background refresh."""
 
-    def __init__(self, db: Database, poll_seconds: float) -> None:
+    def __init__(self, db: Database, poll_seconds: float,
+                 miss_lookups_per_second: float = MISS_LOOKUPS_PER_SECOND) -> None:
         self._db = db
         self._poll = poll_seconds
         self._snapshot = Snapshot(counter=-1)
         self._lock = threading.Lock()
-        self._last_miss_reload = 0.0
+        self._misses = LookupBudget(miss_lookups_per_second)
+        self._notified = -1  # the snapshot counter the listeners were last told of
         self._started = OncePerProcess()
         self._stop = threading.Event()
         self._listeners: list[Callable[[Snapshot], None]] = []
@@ -134,6 +175,7 @@ class Catalog:
             return self._snapshot
 
     def _notify(self) -> None:
+        self._notified = self._snapshot.counter
         for listener in self._listeners:
             try:
                 listener(self._snapshot)
@@ -146,9 +188,10 @@ class Catalog:
             try:
                 if change_counter(self._db) != self._snapshot.counter:
                     self.reload()
-                    self._notify()
                 elif self.last_error:
                     self.last_error = None
+                if self._snapshot.counter != self._notified:  # also after an announced reload
+                    self._notify()
             except SQLAlchemyError as exc:
                 self.last_error = f"registry unreachable: {exc.__class__.__name__}"
             except Exception:  # the poller must survive anything; it is the refresh path
@@ -175,21 +218,41 @@ class Catalog:
         self.ensure_started()
         return self._snapshot
 
-    def _reload_on_miss(self) -> bool:
-        now = time.monotonic()
-        if now - self._last_miss_reload < MISS_RELOAD_INTERVAL_S:
-            return False
-        self._last_miss_reload = now
-        self.reload()
-        return True
+    def reload_to(self, counter: int) -> bool:
+        """Reload unless the snapshot already holds registry change `counter`; True when the
+        snapshot holds it afterwards (an announced change: `gateway.registry_sync`)."""
+        if self._snapshot.counter < counter:
+            self.reload()
+        return self._snapshot.counter >= counter
+
+    def _install(self, entry: ModelEntry) -> None:
+        """Put a model read just now into the snapshot, unless a newer read is already there."""
+        with self._lock:
+            current = self._snapshot.models.get(entry.name)
+            if current is None or current.counter <= entry.counter:
+                self._snapshot = replace(self._snapshot,
+                                         models={**self._snapshot.models, entry.name: entry})
+
+    def _fetch(self, name: str) -> ModelEntry | None:
+        """Look one model up for a miss, if this second's budget allows; a database error is
+        a miss like any other (the caller answers 404, or 503 when it knows better)."""
+        if not self._misses.take():
+            return None
+        try:
+            entry = load_model_entry(self._db, name)
+        except SQLAlchemyError as exc:
+            log.warning("lookup of model %r failed: %s", name, exc.__class__.__name__)
+            return None
+        if entry is not None:
+            self._install(entry)
+        return entry
 
     # -- lookups -----------------------------------------------------------------------------
 
     def model(self, name: str) -> ModelEntry:
+        """The data plane's lookup: the snapshot, then the database for a miss."""
         check_model_name(name)
-        entry = self.snapshot.models.get(name)
-        if entry is None and self._reload_on_miss():
-            entry = self._snapshot.models.get(name)
+        entry = self.snapshot.models.get(name) or self._fetch(name)
         if entry is None:
             raise UnknownModel(f"model {name!r} is not registered")
         return entry
@@ -198,14 +261,31 @@ class Catalog:
         """Resolve an explicit version or alias; returns the version and `pin` or `alias`."""
         parsed = parse_version_ref(ref)
         entry = self.model(name)
-        found = self._lookup(entry, parsed)
-        if found is None and self._reload_on_miss():
-            entry = self.model(name)
-            found = self._lookup(entry, parsed)
+        if self._lookup(entry, parsed) is None:
+            entry = self._fetch(name) or entry
+        return self._resolve(entry, parsed)
+
+    def read_model(self, name: str) -> ModelEntry:
+        """The control plane's lookup: the registry as it is now, never this worker's copy."""
+        check_model_name(name)
+        entry = load_model_entry(self._db, name)
+        if entry is None:
+            raise UnknownModel(f"model {name!r} is not registered")
+        self._install(entry)
+        return entry
+
+    def read_version(self, entry: ModelEntry, ref: str | int) -> tuple[VersionInfo, str]:
+        """Resolve a version or alias in an entry from `read_model`."""
+        return self._resolve(entry, parse_version_ref(ref))
+
+    @classmethod
+    def _resolve(cls, entry: ModelEntry, parsed: int | str) -> tuple[VersionInfo, str]:
+        found = cls._lookup(entry, parsed)
         if found is None:
-            raise UnknownVersion(f"model {name!r} has no version or alias {parsed!r}")
+            raise UnknownVersion(f"model {entry.name!r} has no version or alias {parsed!r}")
         if found.stage == "archived":
-            raise UnknownVersion(f"{name} version {found.version} is archived and takes no traffic")
+            raise UnknownVersion(
+                f"{entry.name} version {found.version} is archived and takes no traffic")
         return found, "alias" if isinstance(parsed, str) else "pin"
 
     @staticmethod

@@ -76,6 +76,29 @@ class Context:
     def store(self) -> ArtifactStore:
         return ArtifactStore(self.settings.model_store)
 
+    def redis(self) -> Any:
+        """A client for the gateway's Redis: the configured one, or the embedded one if a
+        gateway runs it now; None when there is none (nothing serves to tell)."""
+        from gateway.app import connect_redis
+
+        url = self.settings.redis_url
+        if url is None:
+            from gateway.redis_embedded import EmbeddedRedis
+
+            embedded = EmbeddedRedis(self.settings.state_dir)
+            url = embedded.url if embedded.alive() else None
+        return connect_redis(url) if url else None
+
+    def announce(self) -> None:
+        """Tell running gateways of a registry change and wait until each worker has it, so
+        the next request to any of them sees it (`gateway.registry_sync`)."""
+        from gateway.registry_sync import RegistryAnnouncer
+
+        client = self.redis()
+        if client is not None:
+            RegistryAnnouncer(self.db, client, self.settings.redis_prefix).announce()
+            client.close()
+
     def close(self) -> None:
         """Return the database's pooled connections: `main` also runs in-process (tests,
         scripts), where a leaked PostgreSQL connection outlives the command."""
@@ -161,6 +184,7 @@ def cmd_models_register(ctx: Context, args: argparse.Namespace) -> None:
             raise CliError(f"--metadata is not valid JSON: {exc}") from None
     record = service.register_version(ctx.db, ctx.store, args.name, data, metadata, actor(),
                                       ctx.settings.max_model_bytes)
+    ctx.announce()
     emit(args, record, lambda r: f"registered {r['model']} version {r['version']} "
                                  f"(sha256 {r['sha256']})")
 
@@ -222,11 +246,13 @@ def _record_text(r: dict[str, Any]) -> str:
 def cmd_models_alias(ctx: Context, args: argparse.Namespace) -> None:
     if args.delete:
         service.delete_alias(ctx.db, args.name, args.alias, actor(), args.reason)
+        ctx.announce()
         print(f"deleted alias {args.alias!r} of {args.name}")
         return
     if args.version is None:
         raise CliError("give the VERSION the alias should point at (or --delete)")
     result = service.set_alias(ctx.db, args.name, args.alias, args.version, actor(), args.reason)
+    ctx.announce()
     emit(args, result, lambda r: f"{r['model']}:{r['alias']} -> version {r['version']}"
                                  f" (was {r['previous'] or '-'})")
 
@@ -236,6 +262,7 @@ def cmd_models_archive(ctx: Context, args: argparse.Namespace) -> None:
 
     live = versions_with_traffic(ctx.db, args.name)
     record = service.archive_version(ctx.db, args.name, args.version, actor(), args.reason, live)
+    ctx.announce()
     emit(args, record, lambda r: f"archived {r['model']} version {r['version']}")
 
 
@@ -260,6 +287,7 @@ def cmd_models_batching(ctx: Context, args: argparse.Namespace) -> None:
         if max_wait is not None:
             settings["max_wait_us"] = max_wait
     record = service.set_batching(ctx.db, args.name, settings, actor(), args.reason)
+    ctx.announce()
     emit(args, record, lambda r: _batching_text(r["model"], r if r["enabled"] else None))
 
 
@@ -274,22 +302,15 @@ def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
 # ---- traffic -------------------------------------------------------------------------------
 
 def _traffic(ctx: Context) -> Any:
-    from gateway.app import connect_redis
     from gateway.catalog import Catalog
     from gateway.policy_sync import PolicyChannel
     from gateway.runtime import ModelRuntime
     from gateway.traffic import TrafficAdmin
 
     settings = ctx.settings
-    url = settings.redis_url
-    if url is None:
-        from gateway.redis_embedded import EmbeddedRedis
-
-        embedded = EmbeddedRedis(settings.state_dir)
-        url = embedded.url if embedded.alive() else None
-    channel = PolicyChannel(connect_redis(url), settings.redis_prefix) if url else None
+    client = ctx.redis()
+    channel = PolicyChannel(client, settings.redis_prefix) if client is not None else None
     catalog = Catalog(ctx.db, settings.registry_poll_seconds)
-    catalog.reload()
     runtime = ModelRuntime(ctx.store, settings.session_cache_count, settings.session_cache_bytes,
                            settings.intra_op_threads)
     return TrafficAdmin(ctx.db, catalog, runtime, channel)
@@ -330,6 +351,7 @@ def cmd_traffic_set(ctx: Context, args: argparse.Namespace) -> None:
         body["force"] = True
     admin = _traffic(ctx)
     policy = admin.set(args.name, body, actor(), args.if_match)
+    ctx.announce()
     emit(args, policy, _policy_text)
     if admin.channel is None:
         print("note: no gateway Redis is reachable; the policy is saved and becomes live when "
@@ -337,7 +359,9 @@ def cmd_traffic_set(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def cmd_traffic_rollback(ctx: Context, args: argparse.Namespace) -> None:
-    emit(args, _traffic(ctx).rollback(args.name, actor(), args.reason), _policy_text)
+    policy = _traffic(ctx).rollback(args.name, actor(), args.reason)
+    ctx.announce()
+    emit(args, policy, _policy_text)
 
 
 def cmd_traffic_history(ctx: Context, args: argparse.Namespace) -> None:

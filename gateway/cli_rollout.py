@@ -68,7 +68,9 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> None:
     if args.force:
         body["force"] = True
     rollouts = _rollouts(ctx)
-    emit(args, rollouts.start(args.name, body, actor()), _text)
+    started = rollouts.start(args.name, body, actor())
+    ctx.announce()
+    emit(args, started, _text)
     if rollouts.client is None:
         print("note: no gateway Redis is reachable; the rollout moves once a gateway serves",
               file=sys.stderr)
@@ -79,15 +81,21 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def cmd_pause(ctx: Context, args: argparse.Namespace) -> None:
-    emit(args, _rollouts(ctx).pause(args.name, actor(), args.reason), _text)
+    changed = _rollouts(ctx).pause(args.name, actor(), args.reason)
+    ctx.announce()
+    emit(args, changed, _text)
 
 
 def cmd_resume(ctx: Context, args: argparse.Namespace) -> None:
-    emit(args, _rollouts(ctx).resume(args.name, actor(), args.reason), _text)
+    changed = _rollouts(ctx).resume(args.name, actor(), args.reason)
+    ctx.announce()
+    emit(args, changed, _text)
 
 
 def cmd_abort(ctx: Context, args: argparse.Namespace) -> None:
-    emit(args, _rollouts(ctx).abort(args.name, actor(), args.reason), _text)
+    changed = _rollouts(ctx).abort(args.name, actor(), args.reason)
+    ctx.announce()
+    emit(args, changed, _text)
 
 
 def add_commands(sub: Any, add: Any) -> None:

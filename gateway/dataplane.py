@@ -118,7 +118,10 @@ class DataPlane:
         return Choice(latest, "default", revision)
 
     def infer(self, model: str, version_ref: str | None, decode: Decoder, request_id: str,
-              routing_key: str | None = None, caller_id: bool = False) -> InferenceResult:
+              routing_key: str | None = None, caller_id: bool = False,
+              caller: str | None = None) -> InferenceResult:
+        """`caller_id`: the request id came from the caller (so it must be new); `caller`:
+        the key id of the token that sent it, logged so that only it may label the request."""
         started = time.perf_counter()
         choice = self.choose(model, version_ref, routing_key)
         if caller_id and not self.ids.claim(model, request_id):
@@ -135,8 +138,8 @@ class DataPlane:
                                    ) from None
         except GatewayError as exc:
             self._record(self._row(model, request_id, choice.version.version, "primary",
-                                           choice.reason, choice.revision, started,
-                                           status=exc.status, error_code=exc.code))
+                                   choice.reason, choice.revision, started,
+                                   status=exc.status, error_code=exc.code, caller=caller))
             raise
         finished = time.perf_counter()
         result = InferenceResult(
@@ -148,7 +151,7 @@ class DataPlane:
         self._record(self._row(
             model, request_id, result.version, "primary", choice.reason, choice.revision, started,
             model_ms=result.model_ms, outputs=outputs, fingerprint=fingerprint,
-            inputs=self._sample(choice.version, inputs)))
+            inputs=self._sample(choice.version, inputs), caller=caller))
         for shadow in choice.shadows:
             result.deferred.append(
                 self._shadow_job(shadow, inputs, request_id, choice.revision, fingerprint))
@@ -173,13 +176,15 @@ class DataPlane:
              revision: int | None, started: float, status: int = 200,
              error_code: str | None = None, model_ms: float | None = None,
              outputs: dict[str, np.ndarray] | None = None, fingerprint: str | None = None,
-             inputs: tuple[np.ndarray, ...] | None = None) -> dict[str, Any]:
+             inputs: tuple[np.ndarray, ...] | None = None, caller: str | None = None
+             ) -> dict[str, Any]:
         return {
             "request_id": request_id, "model": model,
             "version": version, "kind": kind, "reason": reason, "revision": revision,
             "ts": now(), "latency_ms": (time.perf_counter() - started) * 1000,
             "model_ms": model_ms, "status": status, "error_code": error_code,
             "outputs": outputs, "input_sha256": fingerprint, "inputs": inputs,
+            "caller": caller,
         }
 
     def _shadow_job(self, version: VersionInfo, inputs: dict[str, np.ndarray],

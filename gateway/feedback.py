@@ -57,20 +57,24 @@ class FeedbackDesk:
         self._outcomes = outcomes
         self._wait = wait_seconds
 
-    def _models(self, request_id: str, wait: bool) -> list[str]:
+    def _models(self, request_id: str, wait: bool, caller: str | None) -> list[str]:
         deadline = time.monotonic() + (self._wait if wait else 0)
         while True:
-            models = set(served_models(self._db, request_id))
+            models = set(served_models(self._db, request_id, caller))
             models |= {r["model"] for r in self._outcomes.find_pending(request_id)
-                       if r["kind"] == "primary"}
+                       if r["kind"] == "primary" and caller in (None, r.get("caller"))}
             if models or time.monotonic() >= deadline:
                 return sorted(models)
             time.sleep(0.05)
 
-    def submit(self, item: Any, wait: bool = True) -> bool:
-        """Record one feedback item; True when new, False when a repeat of the same."""
+    def submit(self, item: Any, wait: bool = True, caller: str | None = None) -> bool:
+        """Record one feedback item; True when new, False when a repeat of the same.
+
+        `caller` set (an `app` token's key id): only requests that token made can be labelled;
+        any other id answers 404 exactly as an id never served, so ids cannot be probed. None:
+        any request (a `feedback` or `ops` token, or auth off)."""
         request_id, label, reward, model = parse_item(item)
-        models = self._models(request_id, wait)
+        models = self._models(request_id, wait, caller)
         if model is not None:
             models = [m for m in models if m == model]
         if not models:
@@ -94,7 +98,7 @@ class FeedbackDesk:
             self._metrics.feedback_labels.labels(model, str(found[0]),
                                                  str(found[1] == label).lower()).inc()
 
-    def submit_batch(self, items: Any) -> list[dict[str, Any]]:
+    def submit_batch(self, items: Any, caller: str | None = None) -> list[dict[str, Any]]:
         if not isinstance(items, list) or not items:
             raise InvalidInput("items must be a non-empty list")
         if len(items) > MAX_BATCH:
@@ -107,7 +111,7 @@ class FeedbackDesk:
             entry: dict[str, Any] = {"request_id": request_id if isinstance(request_id, str)
                                      else None}
             try:
-                self.submit(item, wait=not waited)
+                self.submit(item, wait=not waited, caller=caller)
                 entry["status"] = 202
             except NotFound as exc:
                 waited = True  # one wait for the whole batch, not one per unknown id

@@ -38,6 +38,7 @@ STATUS_TEXT = {
 }
 # the roles of gateway.auth, in the document so that clients see which token a route needs
 ROLE_TEXT = {"app": "an app (or ops) token", "analyst": "an analyst (or ops) token",
+             "feedback": "a feedback or ops token, or the app token that made the request",
              "ops": "an ops token"}
 
 
@@ -444,7 +445,7 @@ def _inference_paths() -> dict[str, Any]:
             {**_ok(_schema("FeedbackBatchResult"), description="The batch's per-item results"),
              **_ok(_schema("FeedbackResult"), 202),
              **_errors(400, 401, 403, 404, 409, 413)},
-            role="app", body=_json(
+            role="feedback", body=_json(
                 {"oneOf": [_schema("FeedbackItem"), _schema("FeedbackBatch")]}))},
     }
 

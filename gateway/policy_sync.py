@@ -113,6 +113,12 @@ class PolicyCache:
         self.redis_ok = False
         self.last_error: str | None = None
         self.loaded = threading.Event()
+        self._handlers: dict[str, Callable[[bytes | str], None]] = {}
+
+    def listen(self, channel: str, handler: Callable[[bytes | str], None]) -> None:
+        """Also hand messages on `channel` to `handler`, on this worker's one pub/sub thread
+        (in publication order with the policy changes). Call before the thread starts."""
+        self._handlers[channel] = handler
 
     def get(self, model: str) -> TrafficPolicy | None:
         self.ensure_started()
@@ -156,6 +162,12 @@ class PolicyCache:
 
     # -- background thread -------------------------------------------------------------------
 
+    def _read_changed(self, model: bytes | str) -> None:
+        name = model.decode() if isinstance(model, bytes) else model
+        policy = self._channel.read(name)
+        if policy is not None:
+            self._received(policy)
+
     def _load_from_sql(self) -> None:
         """A worker that starts while Redis is down still routes by the recorded policies."""
         try:
@@ -181,18 +193,20 @@ class PolicyCache:
             pubsub = None
             try:
                 pubsub = self._channel.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self._channel.channel)
+                pubsub.subscribe(self._channel.channel, *self._handlers)
                 self._reload_all()
                 self.redis_ok, self.last_error, backoff = True, None, 0.1
                 next_full = time.monotonic() + self._refresh
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
                     if message is not None and message.get("type") == "message":
-                        model = message["data"]
-                        model = model.decode() if isinstance(model, bytes) else model
-                        policy = self._channel.read(model)
-                        if policy is not None:
-                            self._received(policy)
+                        channel = message["channel"]
+                        channel = channel.decode() if isinstance(channel, bytes) else channel
+                        handler = self._handlers.get(channel)
+                        if handler is not None:
+                            handler(message["data"])
+                        else:
+                            self._read_changed(message["data"])
                     if time.monotonic() >= next_full:
                         self._reload_all()
                         next_full = time.monotonic() + self._refresh

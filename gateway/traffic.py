@@ -3,9 +3,9 @@
 Shared by the admin API and the CLI so both refuse the same things the same way. A change is
 accepted only when Redis is reachable (otherwise it could not take effect), every version exists,
 is not archived, loads in onnxruntime and accepts the same inputs as the others, no version
-is both primary and shadow, and every version given weight passes the model's evaluation gate
-(`gateway.lifecycle.gate`; `force` with a reason overrides it, audited). A rollback is exempt
-from the gate: the undo must always work.
+has both a weight above 0 and a shadow, and every version given weight passes the model's
+evaluation gate (`gateway.lifecycle.gate`; `force` with a reason overrides it, audited). A
+rollback is exempt from the gate: the undo must always work.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.catalog import Catalog, VersionInfo
+from gateway.catalog import Catalog, ModelEntry, VersionInfo
 from gateway.lifecycle.gate import gate_failures
 from gateway.policy import TrafficPolicy, parse_force, parse_policy_body
 from gateway.policy_sync import PolicyCache, PolicyChannel
@@ -52,7 +52,10 @@ class TrafficAdmin:
         self.cache = cache
 
     def show(self, model: str) -> dict[str, Any]:
-        self.catalog.model(model)  # 404 for unknown models
+        try:
+            self.catalog.read_model(model)  # 404 for unknown models
+        except SQLAlchemyError:  # the registry is down: this worker's copy says what exists
+            self.catalog.model(model)
         try:
             live = self.channel.read(model) if self.channel else None
         except redis.RedisError:
@@ -73,11 +76,11 @@ class TrafficAdmin:
     def history(self, model: str, limit: int = 100) -> list[dict[str, Any]]:
         return sql_traffic.history(self.db, model, limit)
 
-    def _resolve(self, model: str, refs: dict[str, Any], what: str) -> dict[int, Any]:
+    def _resolve(self, entry: ModelEntry, refs: dict[str, Any], what: str) -> dict[int, Any]:
         resolved: dict[int, Any] = {}
         for ref, value in refs.items():
             try:
-                version, _ = self.catalog.version(model, ref)
+                version, _ = self.catalog.read_version(entry, ref)
             except NotFound as exc:
                 raise InvalidInput(f"{what}: {exc.message}") from None
             if version.version in resolved:
@@ -119,15 +122,16 @@ class TrafficAdmin:
         if not isinstance(body, dict):
             raise InvalidInput("the body must be a JSON object with weights, shadow, reason")
         weights, shadow, reason = parse_policy_body(body)
-        self.catalog.model(model)
+        entry = self.catalog.read_model(model)  # archive state and aliases as of now
         if self.channel is not None and not self.channel.ping():
             raise Unavailable(REDIS_DOWN)
-        self.catalog.reload()  # archive state and aliases as of now, not as of the last poll
-        primary = self._resolve(model, weights, "weights")
-        copies = self._resolve(model, shadow, "shadow")
-        both = sorted(set(primary) & set(copies))
+        primary = self._resolve(entry, weights, "weights")
+        copies = self._resolve(entry, shadow, "shadow")
+        # weight 0 is not primary: "v2 takes all traffic, v1 keeps a shadow copy"
+        both = sorted(n for n in set(primary) & set(copies) if primary[n][1] > 0)
         if both:
-            raise InvalidInput(f"version(s) {both} cannot be both primary and shadow")
+            raise InvalidInput(f"version(s) {both} cannot have both a weight above 0 and a "
+                               "shadow")
         self._check_loadable([v for v, _ in primary.values()] + [v for v, _ in copies.values()])
         override = self._check_gate(model, [n for n, (_, w) in primary.items() if w > 0],
                                     parse_force(body))
@@ -156,17 +160,16 @@ class TrafficAdmin:
 
     def rollback(self, model: str, actor: str, reason: str | None,
                  if_match: int | None = None) -> dict[str, Any]:
-        self.catalog.model(model)
+        entry = self.catalog.read_model(model)
         if self.channel is not None and not self.channel.ping():
             raise Unavailable(REDIS_DOWN)
         target, current = sql_traffic.rollback_target(self.db, model)
         if if_match is not None and if_match != current:
             raise Conflict(f"the policy of {model!r} is at revision {current}, not {if_match}")
-        self.catalog.reload()
         versions = []
-        for ref in list(target["weights"]) + list(target["shadow"]):
+        for ref in sorted(set(target["weights"]) | set(target["shadow"])):
             try:
-                versions.append(self.catalog.version(model, ref)[0])
+                versions.append(self.catalog.read_version(entry, ref)[0])
             except NotFound as exc:
                 raise Conflict(f"cannot roll back to revision {target['revision']}: "
                                f"{exc.message}") from None

@@ -107,11 +107,14 @@ def insert_outcomes(db: Database, rows: list[dict[str, Any]]) -> int:
             cursor.close()
 
 
-def served_models(db: Database, request_id: str) -> list[str]:
+def served_models(db: Database, request_id: str, caller: str | None = None) -> list[str]:
+    """The models that served `request_id`; with `caller`, only those it was served to."""
+    query = select(Outcome.model).where(Outcome.request_id == request_id,
+                                        Outcome.kind == "primary")
+    if caller is not None:
+        query = query.where(Outcome.caller == caller)
     with db.read() as session:
-        return list(session.scalars(
-            select(Outcome.model).where(Outcome.request_id == request_id,
-                                        Outcome.kind == "primary").distinct()))
+        return list(session.scalars(query.distinct()))
 
 
 def primary_prediction(db: Database, model: str, request_id: str

@@ -169,6 +169,8 @@ class Outcome(Base):
     predicted_label: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     input_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # key id of the token that made the request (None with auth off): who may label it
+    caller: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Feedback(Base):

@@ -21,7 +21,7 @@ from registry.names import TOKEN_NAME
 from registry.service import audit, iso
 from registry.tables import ApiToken, utcnow
 
-ROLES = ("app", "analyst", "ops")
+ROLES = ("app", "feedback", "analyst", "ops")
 PREFIX = "mgw"
 
 

@@ -60,7 +60,7 @@ def test_every_non_public_route_needs_a_token(app, client, role_tokens):
 def test_admin_routes_refuse_other_roles_with_403(app, client, role_tokens):
     admin_routes = [r for r in _guarded_routes(app) if r[2].startswith("admin.")]
     assert len(admin_routes) >= 6
-    for role in ("app", "analyst"):
+    for role in ("app", "feedback", "analyst"):
         for method, path, _ in admin_routes:
             response = client.open(path, method=method, headers=bearer(role_tokens[role]))
             assert response.status_code == 403, (role, method, path)
@@ -74,6 +74,17 @@ def test_analyst_routes_refuse_the_app_role_with_403(app, client, role_tokens):
         response = client.open(path, method=method, headers=bearer(role_tokens["app"]))
         assert response.status_code == 403, (method, path)
         assert error_of(response)["code"] == "forbidden"
+
+
+def test_the_feedback_role_reaches_feedback_and_nothing_else(app, client, role_tokens):
+    routes = list(_guarded_routes(app))
+    assert ("POST", "/feedback", "feedback.feedback") in routes
+    for method, path, endpoint in routes:
+        response = client.open(path, method=method, headers=bearer(role_tokens["feedback"]))
+        if endpoint.startswith("feedback."):
+            assert response.status_code == 400, (method, path)  # through auth; no body sent
+        else:
+            assert response.status_code == 403, (method, path)
 
 
 def test_public_routes_are_only_health_metrics_and_login(app):

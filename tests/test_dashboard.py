@@ -330,7 +330,8 @@ def test_invalid_weights_are_refused_with_the_message(client, digits, ops, role_
              ({"weight-1": "abc"}, "must be a non-negative integer"),
              ({"weight-1": "0", "weight-2": "0"}, "all weights are zero"),
              ({"weight-1": "1", "shadow-2": "150"}, "from 0 to 100"),
-             ({"weight-1": "1", "shadow-1": "10"}, "cannot be both primary and shadow"),
+             ({"weight-1": "1", "shadow-1": "10"},
+              "cannot have both a weight above 0 and a shadow"),
              ({"weight-9": "1"}, "has no version or alias 9"),
              ({}, "weights must be a non-empty object")]
     for fields, message in cases:

@@ -64,4 +64,4 @@ def test_cli_traffic_commands(tmp_path, settings, digits):
     assert bad.returncode == 2 and "non-negative" in bad.stderr and "Traceback" not in bad.stderr
     bad = run(["traffic", "set", "digits", "1=50", "--shadow", "1=5", "--reason", "x"], tmp_path,
               env, check=False)
-    assert bad.returncode == 2 and "both primary and shadow" in bad.stderr
+    assert bad.returncode == 2 and "both a weight above 0 and a shadow" in bad.stderr

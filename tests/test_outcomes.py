@@ -11,7 +11,7 @@ import orjson
 import pytest
 from scipy import stats
 
-from tests.conftest import error_of
+from tests.conftest import bearer, error_of
 
 
 @pytest.fixture
@@ -141,6 +141,57 @@ def test_feedback_rules(app, client, digits, app_headers):
         {"label": 1}]}, headers=app_headers)
     assert batch.status_code == 200
     assert [i["status"] for i in batch.get_json()["items"]] == [202, 409, 404, 202, 400]
+
+
+def test_feedback_comes_only_from_the_token_that_made_the_request_or_a_labeller(
+        app, client, digits, app_headers, role_tokens, db):
+    """API.md: the token that made the request, any `feedback` token, or `ops` may label it;
+    for any other token the request does not exist (404, as for an id never served)."""
+    from registry import tokens
+
+    other_app = bearer(tokens.create_token(db, "app", "second-app", "tests"))
+    labeller = bearer(role_tokens["feedback"])
+    ops = bearer(role_tokens["ops"])
+    row = digits["X"][0].tolist()
+    for request_id in ("mine-pending", "mine-flushed", "mine-batch"):
+        predict(client, app_headers, row, **{"X-Request-Id": request_id})
+    # before the flush (the row is still in the worker's buffer), then after it
+    for request_id in ("mine-pending", "mine-flushed"):
+        if request_id == "mine-flushed":
+            flush(app)
+        stranger = client.post("/feedback", json={"request_id": request_id, "label": 1},
+                               headers=other_app)
+        assert stranger.status_code == 404, stranger.get_json()
+        never = client.post("/feedback", json={"request_id": "never-served", "label": 1},
+                            headers=other_app)
+        assert error_of(stranger) == {**error_of(never), "message": error_of(
+            never)["message"].replace("never-served", request_id)}
+    batch = client.post("/feedback", json={"items": [{"request_id": "mine-batch", "label": 2}]},
+                        headers=other_app)
+    assert [i["status"] for i in batch.get_json()["items"]] == [404]
+    # the stranger's attempts recorded nothing: the owner's label is the first
+    own = client.post("/feedback", json={"request_id": "mine-pending", "label": 3},
+                      headers=app_headers)
+    assert own.status_code == 202 and own.get_json()["status"] == "recorded"
+    assert client.post("/feedback", json={"request_id": "mine-flushed", "label": 4},
+                       headers=labeller).get_json()["status"] == "recorded"
+    assert client.post("/feedback", json={"request_id": "mine-batch", "reward": 1.0},
+                       headers=ops).get_json()["status"] == "recorded"
+    # a feedback token may label, not predict
+    assert client.post("/predict", json={"model": "digits", "inputs": [row]},
+                       headers=labeller).status_code == 403
+    flush(app)
+    from sqlalchemy import select
+
+    from registry.tables import Feedback, Outcome
+
+    with db.read() as session:
+        labels = {f.request_id: (f.label, f.reward) for f in session.scalars(select(Feedback))}
+        callers = set(session.scalars(select(Outcome.caller)))
+    assert labels == {"mine-pending": (3, None), "mine-flushed": (4, None),
+                      "mine-batch": (None, 1.0)}
+    app_key = role_tokens["app"].split("_")[1]
+    assert callers == {app_key}
 
 
 def test_reused_request_id_is_409(client, digits, app_headers):

@@ -99,7 +99,7 @@ INVALID = [
     ({"weights": [1, 2]}, "non-empty"),
     ({"weights": {"1": 50}, "shadow": {"2": 101}}, "0 to 100"),
     ({"weights": {"1": 50}, "shadow": {"2": -5}}, "0 to 100"),
-    ({"weights": {"1": 50}, "shadow": {"1": 50}}, "both primary and shadow"),
+    ({"weights": {"1": 50}, "shadow": {"1": 50}}, "both a weight above 0 and a shadow"),
     ({"weights": {"1": 50}, "shadow": {"nobody": 50}}, "no version"),
     ({"weights": {"1": 50}, "colour": "red"}, "unknown fields"),
     ({"weights": {"1": 50, "x y": 5}}, "alias"),
@@ -167,6 +167,33 @@ def test_rollback_restores_the_previous_policy_and_is_audited(client, ops, app_h
     actions = [(e["action"], e["reason"]) for e in audit if e["action"].startswith("traffic")]
     assert actions[:2] == [("traffic.rollback", "rollback to revision 2"),
                            ("traffic.rollback", "bad canary")]
+
+
+def test_a_version_at_weight_0_keeps_a_shadow_and_rollback_restores_it_exactly(
+        client, ops, app_headers, row, app):
+    """After a promotion the old version stays as a shadow: weight 0 is not primary."""
+    promoted = {"weights": {"1": 0, "2": 100}, "shadow": {"1": 100}, "reason": "v2 promoted"}
+    response = put_policy(client, ops, promoted)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["weights"] == {"1": 0, "2": 100}
+    assert response.get_json()["shadow"] == {"1": 100}
+    assert set(served(client, app_headers, row, n=30)) == {2}
+    pool = app.extensions["mgw"].shadows
+    deadline = time.monotonic() + 10
+    while pool.completed + pool.dropped < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool.completed + pool.dropped == 30 and pool.failed == 0 and pool.completed > 0
+    # a version with weight may still not be a shadow
+    both = put_policy(client, ops, {"weights": {"1": 1, "2": 99}, "shadow": {"1": 10}})
+    assert both.status_code == 400
+    assert "version(s) [1] cannot have both a weight above 0" in error_of(both)["message"]
+    put_policy(client, ops, {"weights": {"3": 100}, "reason": "something else"})
+    back = client.post("/admin/models/digits/rollback", json={"reason": "undo"}, headers=ops)
+    assert back.status_code == 200, back.get_json()
+    restored = back.get_json()
+    assert (restored["revision"], restored["weights"], restored["shadow"]) == (
+        3, {"1": 0, "2": 100}, {"1": 100})
+    assert set(served(client, app_headers, row, n=10)) == {2}
 
 
 def test_archive_is_refused_while_the_policy_uses_the_version(client, ops, digits):

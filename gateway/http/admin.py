@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.app import services
 from gateway.http.responses import json_response, read_json_object
+from gateway.http.writes import announce_writes
 from gateway.traffic import parse_if_match
 from registry import service
 from registry import traffic as traffic_sql
@@ -18,6 +19,7 @@ from registry.errors import InvalidInput, PayloadTooLarge, Unavailable, Unsuppor
 from registry.names import check_model_name
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+bp.after_request(announce_writes)
 
 MULTIPART_OVERHEAD = 1024 * 1024
 MAX_METADATA_BYTES = 64 * 1024

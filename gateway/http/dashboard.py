@@ -43,12 +43,14 @@ from gateway.app import Services, error_response, services
 from gateway.comparison import compare
 from gateway.http.dashboard_drift import drift_view
 from gateway.http.dashboard_rollouts import rollout_view
+from gateway.http.writes import announce_writes
 from gateway.traffic import parse_if_match
 from registry import service, timeseries
 from registry.errors import Conflict, Forbidden, GatewayError, InvalidInput, Unauthorized
 from registry.names import check_model_name
 
 bp = Blueprint("dashboard", __name__)
+bp.after_request(announce_writes)
 login_bp = Blueprint("dashboard_login", __name__)
 
 DASHBOARD_ROLES = ("analyst", "ops")

@@ -41,6 +41,7 @@ def predict() -> Any:
         request_id,
         routing_key(),
         caller_id=caller_id is not None,
+        caller=g.get("caller"),
     )
     response = json_response(
         {"request_id": request_id, "model": model, "version": result.version,

@@ -9,8 +9,10 @@ from flask import Blueprint, g, request
 
 from gateway.app import services
 from gateway.http.responses import json_response, read_json_object
+from gateway.http.writes import announce_writes
 
 bp = Blueprint("rollouts", __name__, url_prefix="/admin")
+bp.after_request(announce_writes)
 
 
 def _body() -> dict[str, Any]:

@@ -132,7 +132,7 @@ def _infer(name: str, ref: str | None) -> Response:
     request_id = request_id_from(header_id, svc.dataplane.fresh_ids)
     g.request_id = request_id
     result = svc.dataplane.infer(name, ref, decode, request_id, routing_key(),
-                                 caller_id=header_id is not None)
+                                 caller_id=header_id is not None, caller=g.get("caller"))
     req = parsed["request"]
     payload, headers = encode_v2_response(name, result.version, req.id, result.outputs,
                                           req.outputs, req.binary_output_default)

@@ -39,7 +39,7 @@ import redis
 from redis.exceptions import LockError
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, ModelEntry
 from gateway.lifecycle.sequential import MIN_ARM_SAMPLES, Arm, difference, one_arm, tau2_for
 from gateway.traffic import TrafficAdmin
 from registry import outcomes as outcomes_sql
@@ -307,12 +307,11 @@ class Rollouts:
 
     def start(self, model: str, body: Any, actor: str) -> dict[str, Any]:
         plan = parse_plan(body)
-        self.catalog.reload()
-        self.catalog.model(model)
-        candidate = self._version(model, plan.candidate, "candidate")
+        entry = self.catalog.read_model(model)
+        candidate = self._version(entry, plan.candidate, "candidate")
         live = self.traffic.show(model)
-        baseline = (self._version(model, plan.baseline, "baseline") if plan.baseline
-                    else self._baseline(model, live))
+        baseline = (self._version(entry, plan.baseline, "baseline") if plan.baseline
+                    else self._baseline(entry, live))
         if baseline == candidate:
             raise InvalidInput(f"version {candidate} is the baseline (it serves the traffic "
                                "now); roll out a different version, or name --baseline")
@@ -356,29 +355,29 @@ class Rollouts:
         finally:
             self._release(lock)
 
-    def _version(self, model: str, ref: str, what: str) -> int:
+    def _version(self, entry: ModelEntry, ref: str, what: str) -> int:
         try:
-            info, _ = self.catalog.version(model, ref)
+            info, _ = self.catalog.read_version(entry, ref)
         except NotFound as exc:
             raise InvalidInput(f"{what}: {exc.message}") from None
         return info.version
 
-    def _baseline(self, model: str, live: dict[str, Any]) -> int:
+    def _baseline(self, entry: ModelEntry, live: dict[str, Any]) -> int:
         """What serves now: the champion if it has weight, else the heaviest version, else
         (no policy yet) the newest live version."""
         weights = {int(v): w for v, w in live["weights"].items() if w > 0}
-        champion = outcomes_sql.champion_alias(self.db, model)
+        champion = entry.aliases.get("champion")
         if champion is not None and champion in weights:
             return champion
         if weights:
             return max(weights, key=lambda v: (weights[v], -v))
-        latest = self.catalog.model(model).latest_live
+        latest = entry.latest_live
         if latest is None:
-            raise Conflict(f"model {model!r} has no version serving to compare with")
+            raise Conflict(f"model {entry.name!r} has no version serving to compare with")
         return latest.version
 
     def status(self, model: str) -> dict[str, Any]:
-        self.catalog.model(model)
+        self.catalog.read_model(model)
         current = rollouts_sql.current(self.db, model)
         if current is None:
             raise NotFound(f"model {model!r} has no rollout; start one with gateway rollout "
@@ -396,7 +395,7 @@ class Rollouts:
     def _ops_change(self, model: str, expect: str | None) -> Iterator[dict[str, Any]]:
         """The active rollout, read under the model's lock (waiting briefly for a look in
         progress); `expect` None accepts running and paused alike."""
-        self.catalog.model(model)
+        self.catalog.read_model(model)
         lock = self._lock(model, wait=self.ops_lock_wait)
         try:
             current = self._active(model)
