@@ -1,6 +1,6 @@
 """Prometheus metrics, correct under several gunicorn workers.
 
-`gateway serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before gunicorn starts, so
+`gateway serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory of its own (`gateway.serving`), so
 every worker writes its samples to memory-mapped files there and any worker's `/metrics`
 aggregates all of them (prometheus-client's multiprocess mode; gunicorn's `child_exit` hook
 marks dead workers). Without that variable (tests, a single process) the metrics live in this

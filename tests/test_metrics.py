@@ -60,6 +60,37 @@ def test_counters_add_up_across_two_workers(settings, digits, role_tokens, tmp_p
         assert "gateway_outcome_queue_depth" in text and "gateway_outcome_flush_lag_seconds" in text
 
 
+def test_a_second_gateway_in_the_same_directory_leaves_the_first_ones_counters(
+        settings, digits, role_tokens, tmp_path, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("metrics do not depend on the database kind")
+    env = server_env(settings)
+    row = digits["X"][0].tolist()
+    metrics_root = settings.state_dir / "metrics"
+    # a directory left by a gateway that was killed (pid 2**22 + 1 is above Linux's pid_max)
+    stale = metrics_root / f"{2**22 + 1}-123"
+    stale.mkdir(parents=True)
+    (stale / "counter_1.db").write_bytes(b"stale")
+    with gateway_server(env, cwd=tmp_path) as first:
+        assert not stale.exists(), "a dead gateway's directory was not cleaned up"
+        answered: list = []
+        failures: list = []
+        hammer(first, role_tokens["app"], row, 40, 4, answered, failures)
+        assert not failures
+        with gateway_server(env, cwd=tmp_path) as second:
+            assert len([d for d in metrics_root.iterdir() if d.is_dir()]) == 2
+            hammer(first, role_tokens["app"], row, 40, 4, answered, failures)
+            hammer(second, role_tokens["app"], row, 20, 4, answered, failures)
+            assert not failures
+            for _ in range(10):  # either worker of each gateway
+                assert total(scrape(first), "gateway_requests_total", model="digits") == 80
+                assert total(scrape(second), "gateway_requests_total", model="digits") == 20
+        # the second stopped and removed only its own directory
+        assert total(scrape(first), "gateway_requests_total", model="digits") == 80
+        assert len([d for d in metrics_root.iterdir() if d.is_dir()]) == 1
+    assert not [d for d in metrics_root.iterdir() if d.is_dir()]
+
+
 def test_readyz_names_what_is_missing(client, digits, settings, ops):
     import time
 
