@@ -1,7 +1,8 @@
 """Prometheus metrics, correct under several gunicorn workers.
 
-`gateway serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory of its own (`gateway.serving`), so
-every worker writes its samples to memory-mapped files there and any worker's `/metrics`
+`gateway serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory of its own
+(`gateway.serving`), so every worker writes its samples to memory-mapped files there and any
+worker's `/metrics`
 aggregates all of them (prometheus-client's multiprocess mode; gunicorn's `child_exit` hook
 marks dead workers). Without that variable (tests, a single process) the metrics live in this
 app's own registry. Policy gauges are read at scrape time from the worker's policy copy, which
