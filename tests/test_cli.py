@@ -97,6 +97,16 @@ def test_token_create_prints_the_token_last_and_it_works(tmp_path, cli_env, sett
     run(["token", "revoke", "alice"], tmp_path, cli_env)
     assert orjson.loads(run(["token", "list", "--json"], tmp_path, cli_env).stdout)[0][
         "revoked_at"]
+    # the labelling pipeline's role: through to /feedback (404: no such request), not beyond
+    out = run(["token", "create", "--role", "feedback", "--name", "labeller"], tmp_path,
+              cli_env).stdout
+    labeller = {"Authorization": f"Bearer {out.strip().splitlines()[-1]}"}
+    answer = client.post("/feedback", json={"request_id": "none", "label": 1}, headers=labeller)
+    assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "not_found"
+    assert client.get("/admin/models", headers=labeller).status_code == 403
+    bad = run(["token", "create", "--role", "root", "--name", "x"], tmp_path, cli_env,
+              check=False)
+    assert bad.returncode == 2 and "feedback" in bad.stderr
 
 
 def test_demo_sets_up_from_an_empty_directory_in_under_a_minute(tmp_path):

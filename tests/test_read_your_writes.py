@@ -84,3 +84,57 @@ def test_writes_are_visible_to_the_next_call_on_any_worker_of_any_gateway(
                                 f"{routed.headers['X-Model-Version']}")
     print(f"read-your-writes: {calls} calls over {ROUNDS} rounds, {len(failures)} failed")
     assert not failures, f"{len(failures)} of {calls} calls failed:\n" + "\n".join(failures[:20])
+
+
+def test_a_miss_looks_the_model_up_but_unknown_names_cannot_hammer_the_database(
+        settings, db, tmp_path):
+    """The data plane's snapshot misses a model registered after it was read: one lookup finds
+    it. A flood of names that do not exist costs at most the per-worker budget of lookups."""
+    import time
+
+    from sqlalchemy import event
+
+    from gateway.catalog import MISS_LOOKUPS_PER_SECOND, Catalog
+    from registry import service
+    from registry.db import Database
+    from registry.errors import UnknownModel, UnknownVersion
+    from registry.store import ArtifactStore
+
+    store = ArtifactStore(settings.model_store)
+    service.register_version(db, store, "early", add_constant_model(1.0), None, "t", 1 << 20)
+    catalog_db = Database(settings.database_url)  # the worker's own engine: its queries only
+    catalog = Catalog(catalog_db, poll_seconds=3600)  # no poll during the test: misses only
+    assert set(catalog.snapshot.models) == {"early"}
+    lookups = []
+
+    @event.listens_for(catalog_db.engine, "before_cursor_execute")
+    def count(conn, cursor, statement, *args):
+        if "FROM models" in statement and "models.name =" in statement:
+            lookups.append(statement)
+
+    service.register_version(db, store, "late", add_constant_model(2.0), None, "t", 1 << 20)
+    assert catalog.model("late").versions[1].sha256 == service.get_version(db, "late", 1)[
+        "sha256"]
+    assert len(lookups) == 1, lookups
+    assert catalog.model("late") and len(lookups) == 1  # now in the snapshot
+    service.register_version(db, store, "late", add_constant_model(3.0), None, "t", 1 << 20)
+    service.set_alias(db, "late", "fresh", 2, "t", None)
+    assert catalog.version("late", "fresh")[0].version == 2  # a missing alias: looked up
+    with pytest.raises(UnknownVersion):
+        catalog.version("late", 9)
+    time.sleep(1.0)  # the budget refills
+    lookups.clear()
+    started = time.monotonic()
+    for index in range(500):
+        with pytest.raises(UnknownModel):
+            catalog.model(f"nobody-{index}")
+    elapsed = time.monotonic() - started
+    allowed = MISS_LOOKUPS_PER_SECOND * (1 + elapsed) + 1
+    print(f"500 unknown names in {elapsed:.3f} s: {len(lookups)} database lookups")
+    assert len(lookups) <= allowed
+    time.sleep(2 / MISS_LOOKUPS_PER_SECOND)
+    service.register_version(db, store, "after", add_constant_model(4.0), None, "t", 1 << 20)
+    assert catalog.model("after").name == "after"  # the budget came back
+    event.remove(catalog_db.engine, "before_cursor_execute", count)
+    catalog.stop()
+    catalog_db.dispose()
