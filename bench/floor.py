@@ -8,7 +8,7 @@ loaded at import, over the same three wire formats as the gateway:
   come back binary when asked (`outputs[].parameters.binary_data` or `binary_data_output`).
 
     BENCH_MODEL=m.onnx gunicorn -k sync -w 2 bench.floor:app                     # reference
-    BENCH_MODEL=m.onnx gunicorn -c python:gateway.gunicorn_conf bench.floor:app  # gateway's
+    BENCH_MODEL=m.onnx gunicorn -c python:gateway.web.gunicorn_conf bench.floor:app  # gateway's
 """
 
 from __future__ import annotations

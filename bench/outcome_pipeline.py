@@ -1,6 +1,6 @@
 """The outcome pipeline's sustained rate: push records straight into `OutcomeLog`, no HTTP.
 
-Builds `gateway.outcomes.OutcomeLog` as `gateway.app` does (one per process, default flush
+Builds `gateway.outcomes.log.OutcomeLog` as `gateway.web.app` does (one per process, default flush
 interval and batch size) over a fresh database, pushes `--records` rows shaped like
 `DataPlane._row` (a primary digits outcome with its prediction summary) from `--threads`
 threads as fast as they can go, and waits until every row is in the `outcomes` table (polled
@@ -57,7 +57,7 @@ class Result:
 
 def _prototype() -> dict[str, Any]:
     """The fields of a primary digits outcome that do not change from request to request."""
-    from gateway.outcomes import summarise_prediction
+    from gateway.outcomes.log import summarise_prediction
 
     probabilities = np.random.default_rng(0).dirichlet(np.ones(10)).astype(np.float32)[None, :]
     prediction, label = summarise_prediction(
@@ -68,7 +68,7 @@ def _prototype() -> dict[str, Any]:
 
 
 def _rows(proto: dict[str, Any], prefix: str, start: int, count: int) -> list[dict[str, Any]]:
-    from gateway.outcomes import now
+    from gateway.outcomes.log import now
 
     fingerprint = uuid.uuid4().hex * 2
     return [{**proto, "request_id": f"{prefix}-{i}", "ts": now(), "latency_ms": 0.8,
@@ -86,13 +86,13 @@ def count_rows(db: Any) -> int:
 
 def measure(name: str, url: str, spool: Path, records: int, threads: int,
             max_seconds: float) -> Result:
-    from gateway.outcomes import OutcomeLog
+    from gateway.outcomes.log import OutcomeLog
     from registry.db import Database
     from registry.migrate import upgrade
 
     upgrade(url)
     db = Database(url)
-    log = OutcomeLog(db, spool)  # as gateway.app builds it: 0.2 s flush, batches of 1,000
+    log = OutcomeLog(db, spool)  # as gateway.web.app builds it: 0.2 s flush, batches of 1,000
     result = Result(name, records, threads)
     proto = _prototype()
     alone = _rows(proto, f"alone-{uuid.uuid4().hex[:8]}", 0, min(10_000, records // 10))

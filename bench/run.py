@@ -8,7 +8,7 @@ of the per-round ratios (gateway / floor) of req/s, p50 and p99, and the median 
 
 Floors (`bench/floor.py`, one ONNX file, no validation/auth/routing/logging):
 - `sync`: plain `gunicorn -k sync -w 2`, the configuration of the issue's reference table;
-- `gthread`: the gateway's own gunicorn config (`-c python:gateway.gunicorn_conf`).
+- `gthread`: the gateway's own gunicorn config (`-c python:gateway.web.gunicorn_conf`).
 
 Gateway variants (one `gateway serve`, auth on, outcome logging on, sticky `X-Routing-Key`
 varying per request):
@@ -211,7 +211,7 @@ def start_floor(kind: str, model: Path, work: Path, env: dict[str, str]) -> Serv
     if kind == "sync":  # gunicorn's defaults; no control socket, shared by all gunicorns
         argv += ["-k", "sync", "-w", "2", "--no-control-socket"]
     else:  # the gateway's gunicorn config, in its gthread form
-        argv[3:3] = ["-c", "python:gateway.gunicorn_conf"]
+        argv[3:3] = ["-c", "python:gateway.web.gunicorn_conf"]
         env = {"GATEWAY_WORKER_CLASS": "gthread", **env}
     argv.append("bench.floor:app")
     return Server(f"floor-{kind}", argv, {**env, "BENCH_MODEL": str(model)}, REPO, port, work)
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
                 "GATEWAY_STATE_DIR": str(work / "state"), "GATEWAY_WORKERS": "2",
                 "GATEWAY_AUTH": "on", **args.gateway_env})
     notes: list[str] = []
-    gw_cli = [sys.executable, "-m", "gateway.cli"]
+    gw_cli = [sys.executable, "-m", "gateway.cli.main"]
 
     def cli(*argv_: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(gw_cli + list(argv_), env=env, cwd=work, check=check,
@@ -631,8 +631,8 @@ def main(argv: list[str] | None = None) -> None:
 def floor_description(kind: str) -> str:
     if kind == "sync":
         return "bench/floor.py under gunicorn -k sync -w 2 (the reference configuration)"
-    return ("bench/floor.py under the gateway's gunicorn config (-c python:gateway.gunicorn_conf, "
-            "gthread)")
+    return ("bench/floor.py under the gateway's gunicorn config "
+            "(-c python:gateway.web.gunicorn_conf, gthread)")
 
 
 def interleave(floors: list[str], gateways: list[str]) -> list[str]:

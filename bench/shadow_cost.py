@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     env.update({"GATEWAY_DATABASE_URL": f"sqlite:///{work}/gw.db",
                 "GATEWAY_MODEL_STORE": str(work / "store"),
                 "GATEWAY_STATE_DIR": str(work / "state"), "GATEWAY_WORKERS": "2"})
-    gw_cli = [sys.executable, "-m", "gateway.cli"]
+    gw_cli = [sys.executable, "-m", "gateway.cli.main"]
 
     def cli(*argv_: str) -> str:
         return subprocess.run(gw_cli + list(argv_), env=env, cwd=work, check=True,

@@ -821,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
                 "GATEWAY_REDIS_PREFIX": prefix, "GATEWAY_MODEL_STORE": str(work / "store"),
                 "GATEWAY_STATE_DIR": str(work / "state"), "GATEWAY_AUTH": "on",
                 "GATEWAY_WORKERS": "2"})
-    gw_cli = [sys.executable, "-m", "gateway.cli"]
+    gw_cli = [sys.executable, "-m", "gateway.cli.main"]
 
     def cli(*argv_: str) -> str:
         return subprocess.run(gw_cli + list(argv_), env=env, cwd=work, check=True,

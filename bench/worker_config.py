@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = {**base_env, "GATEWAY_DATABASE_URL": f"sqlite:///{work}/gw.db",
            "GATEWAY_MODEL_STORE": str(work / "store"), "GATEWAY_AUTH": "on"}
-    gw_cli = [sys.executable, "-m", "gateway.cli"]
+    gw_cli = [sys.executable, "-m", "gateway.cli.main"]
 
     def cli(*argv_: str) -> str:
         done = subprocess.run(gw_cli + list(argv_), env={**env, "GATEWAY_STATE_DIR": str(

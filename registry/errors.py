@@ -1,7 +1,7 @@
 """Errors that carry their HTTP status and stable code (the contract's error shape).
 
 Raised anywhere below the HTTP layer; mapped to `{"error": {"code", "message"}}` in one place
-(`gateway.app`) and to a one-line message by the CLI.
+(`gateway.web.app`) and to a one-line message by the CLI.
 """
 
 from __future__ import annotations

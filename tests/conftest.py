@@ -18,8 +18,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.web.app import create_app
 from registry import tokens
 from registry.db import Database
 from registry.migrate import upgrade
@@ -183,7 +183,7 @@ def digits(settings: Settings, db: Database, examples_dir: Path) -> dict[str, An
 def cli(settings, monkeypatch, tmp_path):
     """`gateway ...` in this process, on this test's databases, stores and Redis prefix:
     `status, out, err = cli(capsys, "models", "show", ...)`."""
-    from gateway.cli import main as cli_main
+    from gateway.cli.main import main as cli_main
 
     for key in [k for k in os.environ if k.startswith("GATEWAY_")]:
         monkeypatch.delenv(key)

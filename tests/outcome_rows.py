@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from gateway.outcomes import now
+from gateway.outcomes.log import now
 from registry.db import Database
 from registry.tables import Outcome
 

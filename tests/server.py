@@ -30,7 +30,7 @@ def gateway_server(env_extra: dict[str, str], workers: int = 2, cwd: Path | None
     log_path = Path(cwd or ".") / f"gateway-{port}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--bind", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "gateway.cli.main", "serve", "--bind", f"127.0.0.1:{port}",
          "--workers", str(workers)],
         env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
     )

@@ -32,7 +32,7 @@ def _concrete(rule) -> str:
 
 
 def _guarded_routes(app):
-    from gateway.auth import PUBLIC_BLUEPRINTS
+    from gateway.web.auth import PUBLIC_BLUEPRINTS
 
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static" or rule.endpoint.split(".")[0] in PUBLIC_BLUEPRINTS:
@@ -88,7 +88,7 @@ def test_the_feedback_role_reaches_feedback_and_nothing_else(app, client, role_t
 
 
 def test_public_routes_are_only_health_metrics_and_login(app):
-    from gateway.auth import PUBLIC_BLUEPRINTS
+    from gateway.web.auth import PUBLIC_BLUEPRINTS
 
     public = sorted(r.rule for r in app.url_map.iter_rules()
                     if r.endpoint.split(".")[0] in PUBLIC_BLUEPRINTS)

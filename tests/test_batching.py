@@ -17,11 +17,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bench.mlp import build_mlp
-from gateway.batching import Batcher, BatchSettings, merge_refusal
-from gateway.catalog import VersionInfo
-from gateway.cli import main as cli_main
-from gateway.codecs import TensorSpec
-from gateway.runtime import ModelRuntime
+from gateway.cli.main import main as cli_main
+from gateway.serving.batching import Batcher, BatchSettings, merge_refusal
+from gateway.serving.catalog import VersionInfo
+from gateway.serving.codecs import TensorSpec
+from gateway.serving.runtime import ModelRuntime
 from registry import service
 from registry.inspect_onnx import inspect_model, session_options
 from registry.store import ArtifactStore

@@ -13,7 +13,7 @@ import pytest
 
 from tests.onnx_factory import add_constant_model
 
-GATEWAY = [sys.executable, "-m", "gateway.cli"]
+GATEWAY = [sys.executable, "-m", "gateway.cli.main"]
 
 
 def run(args, cwd: Path, env_extra: dict[str, str] | None = None, check=True):
@@ -87,7 +87,7 @@ def test_token_create_prints_the_token_last_and_it_works(tmp_path, cli_env, sett
     out = run(["token", "create", "--role", "ops", "--name", "alice"], tmp_path, cli_env).stdout
     token = out.strip().splitlines()[-1]
     assert token.startswith("mgw_")
-    from gateway.app import create_app
+    from gateway.web.app import create_app
 
     client = create_app(settings).test_client()
     assert client.get("/admin/models", headers={"Authorization": f"Bearer {token}"}

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gateway.codecs import (
+from gateway.serving.codecs import (
     NUMPY_TO_V2,
     V2_TO_NUMPY,
     Limits,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import onnx
 import pytest
 
-from gateway.http.dashboard import (
+from gateway.web.dashboard.routes import (
     ChartSpec,
     Series,
     TimeAxis,
@@ -286,7 +286,7 @@ def test_a_revoked_token_ends_the_session(client, digits, db, settings):
 
 
 def test_with_auth_off_the_page_and_forms_are_open(settings, digits):
-    from gateway.app import create_app
+    from gateway.web.app import create_app
 
     app = create_app(settings.with_(auth=False))
     try:

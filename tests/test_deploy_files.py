@@ -35,9 +35,9 @@ K8S = DEPLOY / "kubernetes"
 CERTS_DIR = "deploy/nginx/certs"  # created by each user, documented in docs/deployment.md
 
 NAMESPACE = "model-gateway"
-GUNICORN_GRACEFUL_TIMEOUT = 20  # gateway/gunicorn_conf.py
+GUNICORN_GRACEFUL_TIMEOUT = 20  # gateway/web/gunicorn_conf.py
 
-# ---- the metrics the gateway exports (gateway/metrics.py) ------------------------------------
+# ---- the metrics the gateway exports (gateway/prometheus_metrics.py) -------------------------
 COUNTERS = {
     "gateway_requests_total",
     "gateway_request_errors_total",

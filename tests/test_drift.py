@@ -329,7 +329,7 @@ def unsampled(settings):
 
 def test_with_sampling_off_nothing_is_logged_and_there_is_no_score(
         unsampled, db, digits, role_tokens):
-    from gateway.app import create_app
+    from gateway.web.app import create_app
 
     app = create_app(unsampled)
     try:
@@ -352,7 +352,7 @@ def test_with_sampling_off_nothing_is_logged_and_there_is_no_score(
 
 
 def test_the_sampled_share_follows_the_rate(settings, db, digits, role_tokens):
-    from gateway.app import create_app
+    from gateway.web.app import create_app
 
     app = create_app(settings.with_(input_sample_rate=0.25))
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from gateway.app import create_app
 from gateway.redis_embedded import EmbeddedRedis
+from gateway.web.app import create_app
 from tests.test_cli import run
 
 

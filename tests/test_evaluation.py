@@ -17,7 +17,7 @@ from sklearn import metrics as skm
 
 from gateway.lifecycle.datasets import load_dataset
 from gateway.lifecycle.evaluation import evaluate
-from gateway.lifecycle.metrics import classification_metrics
+from gateway.lifecycle.scores import classification_metrics
 from registry import evaluations, service
 from registry.errors import InvalidInput, PayloadTooLarge
 from registry.store import ArtifactStore

@@ -17,8 +17,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_app
 from gateway.settings import Settings, SettingsError
+from gateway.web.app import create_app
 from registry import service
 from registry.store import ArtifactStore
 from tests.conftest import bearer, error_of, server_env

@@ -1,8 +1,9 @@
 """`GET /openapi.json`: a valid OpenAPI 3 document that describes exactly the app's routes.
 
-The document is written by hand (`gateway.openapi`), so these tests are what keeps it honest:
-every rule of the Flask url map is documented with its methods, path parameters and auth, every
-documented operation exists, and real answers of the gateway match the documented schemas.
+The document is written by hand (`gateway.web.openapi_document`), so these tests are what keeps
+it honest: every rule of the Flask url map is documented with its methods, path parameters and
+auth, every documented operation exists, and real answers of the gateway match the documented
+schemas.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 from schemathesis.core.result import Ok
 
-from gateway.auth import required_role
-from gateway.openapi import build_document
+from gateway.web.auth import required_role
+from gateway.web.openapi_document import build_document
 from tests.conftest import bearer
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}  # answered by Flask itself for every GET route

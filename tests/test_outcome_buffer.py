@@ -22,10 +22,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from gateway.app import create_app
-from gateway.metrics import Metrics
-from gateway.outcomes import OutcomeLog
+from gateway.outcomes.log import OutcomeLog
+from gateway.prometheus_metrics import Metrics
 from gateway.settings import Settings, SettingsError
+from gateway.web.app import create_app
 from registry.db import Database
 from registry.migrate import upgrade
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database
@@ -154,7 +154,7 @@ def test_full_buffer_drops_the_oldest_counts_them_and_writes_the_rest_when_the_d
     # no flusher thread: flushes happen when the test asks, so every count below is exact
     log = OutcomeLog(database, unwritable_spool, batch_size=20, max_buffer=50, metrics=metrics,
                      background=False)
-    caplog.set_level(logging.INFO, logger="gateway.outcomes")
+    caplog.set_level(logging.INFO, logger="gateway.outcomes.log")
     try:
         for i in range(120):
             log.record(outcome(i))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.policy_sync import PolicyCache, PolicyChannel
+from gateway.traffic.sync import PolicyCache, PolicyChannel
 from registry import traffic as sql_traffic
 from tests.redis_server import PrivateRedis
 

@@ -14,10 +14,10 @@ import orjson
 import pytest
 from sklearn.metrics import accuracy_score
 
-from gateway.app import create_app
 from gateway.lifecycle.datasets import load_dataset
 from gateway.lifecycle.evaluation import evaluate
 from gateway.lifecycle.quantize import quantize
+from gateway.web.app import create_app
 from registry import evaluations, service, tokens
 from registry.errors import InvalidInput
 from registry.store import ArtifactStore

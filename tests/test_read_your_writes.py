@@ -94,7 +94,7 @@ def test_a_miss_looks_the_model_up_but_unknown_names_cannot_hammer_the_database(
 
     from sqlalchemy import event
 
-    from gateway.catalog import MISS_LOOKUPS_PER_SECOND, Catalog
+    from gateway.serving.catalog import MISS_LOOKUPS_PER_SECOND, Catalog
     from registry import service
     from registry.db import Database
     from registry.errors import UnknownModel, UnknownVersion

@@ -10,7 +10,7 @@ import os
 import random
 import re
 
-from gateway.request_ids import FreshIds
+from gateway.serving.request_ids import FreshIds
 
 
 def test_ids_are_128_bit_hex_and_unique():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from gateway.cli import main as cli_main
+from gateway.cli.main import main as cli_main
 from registry import service
 from registry.store import ArtifactStore
 from tests.conftest import REDIS_URL, bearer, error_of

@@ -8,7 +8,7 @@ import time
 import pytest
 from scipy.stats import chisquare
 
-from gateway.policy import TrafficPolicy, choose_version
+from gateway.traffic.policy import TrafficPolicy, choose_version
 from tests.conftest import error_of
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.openapi import build_document
+from gateway.web.openapi_document import build_document
 from tests.conftest import server_env
 from tests.server import gateway_server
 

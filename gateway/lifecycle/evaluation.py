@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from gateway.lifecycle.datasets import Dataset
-from gateway.lifecycle.metrics import classification_metrics, latency_summary
+from gateway.lifecycle.scores import classification_metrics, latency_summary
 from registry import evaluations, service
 from registry.db import Database
 from registry.errors import InsufficientStorage, InvalidInput, Unavailable

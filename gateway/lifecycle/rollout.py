@@ -39,9 +39,9 @@ import redis
 from redis.exceptions import LockError
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.catalog import Catalog, ModelEntry
 from gateway.lifecycle.sequential import MIN_ARM_SAMPLES, Arm, difference, one_arm, tau2_for
-from gateway.traffic import TrafficAdmin
+from gateway.serving.catalog import Catalog, ModelEntry
+from gateway.traffic.admin import TrafficAdmin
 from registry import outcomes as outcomes_sql
 from registry import rollouts as rollouts_sql
 from registry import service

@@ -23,8 +23,8 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.web.app import create_app
 from registry.migrate import upgrade
 from registry.store import ArtifactCorrupt, ArtifactStore
 from tests.conftest import bearer, error_of, server_env

@@ -31,8 +31,8 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import Metrics
-from gateway.outcomes import OutcomeLog
+from gateway.outcomes.log import OutcomeLog
+from gateway.prometheus_metrics import Metrics
 from gateway.settings import Settings
 from registry.db import Database
 from registry.migrate import upgrade
@@ -163,7 +163,7 @@ def test_registering_on_a_full_store_is_507_and_leaves_no_file_and_no_row(
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(GATEWAY_DATABASE_URL=settings.database_url,
                GATEWAY_MODEL_STORE=str(settings.model_store))
-    cli = subprocess.run([sys.executable, "-m", "gateway.cli", "models", "register", "digits",
+    cli = subprocess.run([sys.executable, "-m", "gateway.cli.main", "models", "register", "digits",
                           str(model_file)], env=env, cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert cli.returncode == 2, cli.stderr
@@ -219,7 +219,7 @@ def test_full_spool_keeps_rows_in_memory_and_leaves_no_half_file(
     # below is exact
     log = OutcomeLog(database, spool, batch_size=10, max_buffer=1000, metrics=metrics,
                      background=False)
-    caplog.set_level(logging.INFO, logger="gateway.outcomes")
+    caplog.set_level(logging.INFO, logger="gateway.outcomes.log")
     try:
         for i in range(10):
             log.record(outcome(i))

@@ -1,0 +1,128 @@
+"""`gateway models evaluate|gate|quantize`: the evaluation gate and compression commands.
+
+Evaluation and quantization run in this process, on the registry's own artifacts, so they need
+the database and the model store, not a running gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gateway.cli.main import CliError, Context, actor, emit, format_table
+from gateway.lifecycle import summary
+from registry import evaluations, service
+
+
+def _dataset(ctx: Context, path: str, record: dict[str, Any]) -> Any:
+    from gateway.lifecycle.datasets import load_dataset
+    from gateway.lifecycle.evaluation import single_input_name
+
+    return load_dataset(path, ctx.settings.max_model_bytes, single_input_name(record))
+
+
+def _per_class_table(metrics: dict[str, Any]) -> str:
+    return format_table(
+        ["class", "precision", "recall", "support"],
+        [[cls, f"{c['precision']:.4f}", f"{c['recall']:.4f}", c["support"]]
+         for cls, c in sorted(metrics["per_class"].items(), key=lambda kv: int(kv[0]))])
+
+
+def cmd_models_evaluate(ctx: Context, args: argparse.Namespace) -> None:
+    from gateway.lifecycle.evaluation import evaluate
+
+    record = service.get_version(ctx.db, args.name, args.version)
+    dataset = _dataset(ctx, args.dataset, record)
+    result = evaluate(ctx.db, ctx.store, args.name, record["version"], dataset, actor())
+    from gateway.lifecycle.gate import check_gate
+
+    gate = check_gate(ctx.db, args.name, record["version"])
+    result["gate"] = gate.to_dict() if gate else None
+
+    def text(r: dict[str, Any]) -> str:
+        return "\n".join([
+            f"{r['model']} version {r['version']}: {summary.evaluation_line(r)}",
+            f"  rows/s (batched): {r['metrics']['rows_per_s']:.0f}",
+            f"  gate: {summary.gate_line(r['gate'])}",
+            _per_class_table(r["metrics"])])
+
+    emit(args, result, text)
+
+
+def cmd_models_gate(ctx: Context, args: argparse.Namespace) -> None:
+    from gateway.lifecycle.gate import check_gate, normalise_rules
+
+    if args.rule or args.clear:
+        if not args.reason or not args.reason.strip():
+            raise CliError("changing a gate needs --reason (it is audited)")
+        rules = None if args.clear else normalise_rules(args.rule)
+        evaluations.set_gate(ctx.db, args.name, rules, actor(), args.reason)
+    rules = evaluations.get_gate(ctx.db, args.name)
+    models = [m for m in service.list_models(ctx.db) if m["model"] == args.name]
+    versions = [v["version"] for v in models[0]["versions"] if v["stage"] != "archived"] \
+        if models else []
+    statuses = []
+    for number in versions:
+        result = check_gate(ctx.db, args.name, number)
+        if result is not None:
+            statuses.append(result.to_dict())
+    data = {"model": args.name, "rules": rules, "versions": statuses}
+
+    def text(d: dict[str, Any]) -> str:
+        if not d["rules"]:
+            return f"{d['model']}: no gate (any version may take traffic)"
+        lines = [f"{d['model']} gate: {'; '.join(d['rules'])}"]
+        lines += [f"  version {s['version']}: {summary.gate_line(s)}" for s in d["versions"]]
+        return "\n".join(lines)
+
+    emit(args, data, text)
+
+
+def cmd_models_quantize(ctx: Context, args: argparse.Namespace) -> None:
+    from gateway.lifecycle.quantize import quantize
+
+    record = service.get_version(ctx.db, args.name, args.version)
+    dataset = _dataset(ctx, args.dataset, record) if args.dataset else None
+    result = quantize(ctx.db, ctx.store, args.name, record["version"], actor(), dataset,
+                      max_bytes=ctx.settings.max_model_bytes)
+    ctx.announce()
+
+    def text(r: dict[str, Any]) -> str:
+        child, evals = r["child"], r["evaluations"]
+        return "\n".join([
+            f"registered {child['model']} version {child['version']} (INT8 dynamic "
+            f"quantization of version {r['parent']['version']}, sha256 {child['sha256']})",
+            f"  parent {r['parent']['version']}: {r['parent']['size_bytes']} bytes, "
+            f"{summary.evaluation_line(evals['parent'])}",
+            f"  child {child['version']}: {child['size_bytes']} bytes, "
+            f"{summary.evaluation_line(evals['child'])}",
+            f"  {summary.vs_parent_line(r['vs_parent'])}"])
+
+    emit(args, result, text)
+
+
+def add_commands(models: Any, add: Any) -> None:
+    """Add this module's subcommands to `gateway models`."""
+    p = add(models, "evaluate", cmd_models_evaluate,
+            "run a version over a labelled dataset and record its metrics", json_flag=True)
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--dataset", required=True, metavar="FILE",
+                   help=".npz with X (or the input's name) and y, or CSV with a label column")
+    p = add(models, "gate", cmd_models_gate,
+            "show or set the rules a version's evaluation must pass before it takes weight",
+            json_flag=True)
+    p.add_argument("name")
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--rule", action="append", metavar="RULE",
+                        help="'METRIC OP NUMBER' or 'METRIC OP champion [+|-] NUMBER'; repeat "
+                             "for several (the new gate replaces the old one)")
+    change.add_argument("--clear", action="store_true", help="remove the gate")
+    p.add_argument("--reason")
+    p = add(models, "quantize", cmd_models_quantize,
+            "register an INT8 dynamic-quantized copy of a version and evaluate it beside it",
+            json_flag=True)
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--dataset", metavar="FILE",
+                   help="default: the dataset of the parent's latest evaluation")

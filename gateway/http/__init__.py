@@ -1,1 +1,0 @@
-"""The HTTP layer: one blueprint per audience; each translates, none decides routing."""

@@ -1,0 +1,153 @@
+"""The Open Inference Protocol (KServe V2 / Triton HTTP) over the same data plane.
+
+Errors on these routes are `{"error": "message"}` as the protocol says (see `gateway.web.app`).
+Bodies are read raw whatever the Content-Type, because `tritonclient.http` sends binary tensors
+without one.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+
+from gateway.serving.catalog import VersionInfo
+from gateway.serving.codecs import decode_v2_request, encode_v2_response
+from gateway.serving.dataplane import request_id_from
+from gateway.web.app import services
+from gateway.web.blueprints.predict import routing_key
+from gateway.web.responses import json_response, read_body
+from registry.errors import GatewayError, InvalidInput
+
+bp = Blueprint("v2", __name__, url_prefix="/v2")
+health_bp = Blueprint("v2_health", __name__, url_prefix="/v2/health")
+
+EXTENSIONS = ["binary_tensor_data"]
+PLATFORM = "onnxruntime_onnx"
+
+
+def _server_version() -> str:
+    try:
+        return package_version("model-gateway")
+    except PackageNotFoundError:
+        return "0"
+
+
+@health_bp.get("/live")
+def live() -> Any:
+    return json_response({"live": True})
+
+
+@health_bp.get("/ready")
+def ready() -> Any:
+    catalog = services().catalog
+    catalog.ensure_started()
+    ok = catalog.last_error is None
+    return json_response({"ready": ok}, 200 if ok else 503)
+
+
+@bp.get("")
+def server_metadata() -> Any:
+    return json_response(
+        {"name": "model-gateway", "version": _server_version(), "extensions": EXTENSIONS}
+    )
+
+
+def _metadata(version: VersionInfo, all_versions: list[int]) -> dict[str, Any]:
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+
+    return {
+        "name": version.model,
+        "versions": [str(v) for v in all_versions],
+        "platform": PLATFORM,
+        "inputs": tensors(version.inputs),
+        "outputs": tensors(version.outputs),
+    }
+
+
+def _live_versions(name: str) -> list[int]:
+    entry = services().catalog.model(name)
+    return [n for n, v in sorted(entry.versions.items()) if v.stage != "archived"]
+
+
+@bp.get("/models/<name>")
+def model_metadata(name: str) -> Any:
+    choice = services().dataplane.choose(name, None)
+    return json_response(_metadata(choice.version, _live_versions(name)))
+
+
+@bp.get("/models/<name>/versions/<ref>")
+def version_metadata(name: str, ref: str) -> Any:
+    version, _ = services().catalog.version(name, ref)
+    body = _metadata(version, _live_versions(name))
+    body["versions"] = [str(version.version)]
+    return json_response(body)
+
+
+def _readiness(name: str, ref: str | None) -> Any:
+    svc = services()
+    version = svc.dataplane.choose(name, ref).version
+    try:
+        svc.runtime.get(version)
+    except GatewayError as exc:
+        return json_response({"name": name, "version": str(version.version), "ready": False,
+                              "error": exc.message}, 503)
+    return json_response({"name": name, "version": str(version.version), "ready": True})
+
+
+@bp.get("/models/<name>/ready")
+def model_ready(name: str) -> Any:
+    return _readiness(name, None)
+
+
+@bp.get("/models/<name>/versions/<ref>/ready")
+def version_ready(name: str, ref: str) -> Any:
+    return _readiness(name, ref)
+
+
+def _infer(name: str, ref: str | None) -> Response:
+    svc = services()
+    body = read_body(svc.settings.max_body_bytes)
+    raw_length = request.headers.get("Inference-Header-Content-Length")
+    header_length = None
+    if raw_length is not None:
+        digits = raw_length.strip()
+        # ASCII digits only ("²" is isdigit() but not int()), and no longer than a body size
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+            raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
+        header_length = int(digits)
+    parsed: dict[str, Any] = {}
+
+    def decode(version: VersionInfo) -> tuple[dict[str, Any], list[str] | None]:
+        req = decode_v2_request(body, header_length, version.inputs, version.output_names,
+                                svc.limits)
+        parsed["request"] = req
+        wanted = [o.name for o in req.outputs] if req.outputs is not None else None
+        return req.inputs, wanted
+
+    header_id = request.headers.get("X-Request-Id")
+    request_id = request_id_from(header_id, svc.dataplane.fresh_ids)
+    g.request_id = request_id
+    result = svc.dataplane.infer(name, ref, decode, request_id, routing_key(),
+                                 caller_id=header_id is not None, caller=g.get("caller"))
+    req = parsed["request"]
+    payload, headers = encode_v2_response(name, result.version, req.id, result.outputs,
+                                          req.outputs, req.binary_output_default)
+    headers["X-Model-Version"] = str(result.version)
+    headers["X-Request-Id"] = result.request_id
+    response = Response(payload, status=200, headers=headers)
+    response.call_on_close(result.run_deferred)
+    return response
+
+
+@bp.post("/models/<name>/infer")
+def infer(name: str) -> Response:
+    return _infer(name, None)
+
+
+@bp.post("/models/<name>/versions/<ref>/infer")
+def infer_version(name: str, ref: str) -> Response:
+    return _infer(name, ref)
