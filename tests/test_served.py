@@ -21,9 +21,28 @@ from tests.server import gateway_server
 pytestmark = pytest.mark.timeout(240)
 
 
+def _ready_on_both_workers(base, timeout=30.0):
+    """Wait as an orchestrator would: ten `/readyz` 200s in a row (fresh connections, so both
+    workers), each worker having loaded the versions traffic reaches."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline, streak = time.monotonic() + timeout, 0
+    while streak < 10:
+        assert time.monotonic() < deadline, "the gateway never became ready"
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+                streak = streak + 1 if response.status == 200 else 0
+        except urllib.error.HTTPError:
+            streak = 0
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def server(settings, digits, role_tokens, tmp_path):
     with gateway_server(server_env(settings), workers=2, cwd=tmp_path) as base:
+        _ready_on_both_workers(base)
         yield base
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.services import Services, build_services
 from gateway.settings import Settings
 from registry import service, tokens
 from registry.db import Database
@@ -88,40 +89,32 @@ def predict_curl(base: str, token: str, row: Any) -> str:
             f"-d '{body}' {base}/predict")
 
 
-def demo_policy(settings: Settings, db: Database, store: ArtifactStore,
-                numbers: dict[str, int]) -> dict[str, Any]:
+def demo_policy(services: Services, numbers: dict[str, int]) -> dict[str, Any]:
     """90/10 between logreg and mlp with forest as a 100% shadow, set once (re-runs keep the
     policy a person may have changed since)."""
-    from gateway.serving.catalog import Catalog
-    from gateway.serving.runtime import ModelRuntime
-    from gateway.traffic.admin import TrafficAdmin
     from registry.traffic import live_policy
 
-    current = live_policy(db, MODEL)
+    current = live_policy(services.db, MODEL)
     if current is not None:
         return current
-    catalog = Catalog(db, settings.registry_poll_seconds)
-    catalog.reload()
-    runtime = ModelRuntime(store, 8, settings.session_cache_bytes, 1)
-    admin = TrafficAdmin(db, catalog, runtime, channel=None)
     body = {"weights": {str(numbers["logreg"]): 90, str(numbers["mlp"]): 10},
             "shadow": {str(numbers["forest"]): 100}, "reason": "demo: 10% canary of mlp"}
-    return admin.set(MODEL, body, "demo", None)
+    return services.traffic.set(MODEL, body, "demo", None)
 
 
 def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str) -> None:
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
-    db = Database(settings.database_url)
-    store = ArtifactStore(settings.model_store)
+    services = build_services(settings, background=False)
+    db, store = services.db, services.store
     numbers = register_examples(db, store, workdir / "demo-models", settings.max_model_bytes)
     evaluate_examples(db, store, workdir / "demo-models", numbers, settings.max_model_bytes)
     service.set_alias(db, MODEL, "champion", numbers["logreg"], "demo", "demo setup")
     service.set_alias(db, MODEL, "challenger", numbers["mlp"], "demo", "demo setup")
-    policy = demo_policy(settings, db, store, numbers)
+    policy = demo_policy(services, numbers)
     demo_tokens = fresh_demo_tokens(db)
-    db.dispose()
+    services.close()
     from models.examples import load_test_split
 
     X, y = load_test_split(workdir / "demo-models")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gateway.cli.main import CliError, Context, actor, emit, format_table
+from gateway.cli.common import CliError, Context, actor, emit, format_table
 from gateway.lifecycle import summary
 from registry import evaluations, service
 

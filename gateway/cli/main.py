@@ -7,7 +7,6 @@ Talks to the database directly (it is the registry's owner), prints tables for p
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,95 +16,11 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.settings import Settings, SettingsError
+from gateway.cli.common import CliError, Context, actor, emit, format_table
+from gateway.settings import SettingsError
+from gateway.traffic.admin import TrafficAdmin
 from registry import service, tokens
-from registry.db import Database
 from registry.errors import GatewayError
-from registry.store import ArtifactStore
-
-
-class CliError(Exception):
-    """An expected failure: printed as one line, exit status 2."""
-
-
-def actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli"
-
-
-def emit(args: argparse.Namespace, data: Any, table: Callable[[Any], str]) -> None:
-    if getattr(args, "json", False):
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        sys.stdout.write(table(data) + "\n")
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    for row in cells:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-class Context:
-    """Settings, database and store, opened lazily so `--help` needs no database."""
-
-    def __init__(self) -> None:
-        self.settings = Settings.from_env()
-        self._db: Database | None = None
-
-    @property
-    def db(self) -> Database:
-        if self._db is None:
-            self._db = Database(self.settings.database_url)
-            from registry.migrate import current_revision, head_revision
-
-            current = current_revision(self._db.engine)
-            if current != head_revision():
-                raise CliError(
-                    f"the database schema is at {current or 'nothing'}, this gateway needs "
-                    f"{head_revision()}: run `gateway db upgrade`"
-                )
-        return self._db
-
-    @property
-    def store(self) -> ArtifactStore:
-        return ArtifactStore(self.settings.model_store)
-
-    def redis(self) -> Any:
-        """A client for the gateway's Redis: the configured one, or the embedded one if a
-        gateway runs it now; None when there is none (nothing serves to tell)."""
-        from gateway.web.app import connect_redis
-
-        url = self.settings.redis_url
-        if url is None:
-            from gateway.redis_embedded import EmbeddedRedis
-
-            embedded = EmbeddedRedis(self.settings.state_dir)
-            url = embedded.url if embedded.alive() else None
-        return connect_redis(url) if url else None
-
-    def announce(self) -> None:
-        """Tell running gateways of a registry change and wait until each worker has it, so
-        the next request to any of them sees it (`gateway.serving.registry_sync`)."""
-        from gateway.serving.registry_sync import RegistryAnnouncer
-
-        client = self.redis()
-        if client is not None:
-            RegistryAnnouncer(self.db, client, self.settings.redis_prefix).announce()
-            client.close()
-
-    def close(self) -> None:
-        """Return the database's pooled connections: `main` also runs in-process (tests,
-        scripts), where a leaked PostgreSQL connection outlives the command."""
-        if self._db is not None:
-            self._db.dispose()
-            self._db = None
-
 
 # ---- db ------------------------------------------------------------------------------------
 
@@ -301,19 +216,8 @@ def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
 
 # ---- traffic -------------------------------------------------------------------------------
 
-def _traffic(ctx: Context) -> Any:
-    from gateway.serving.catalog import Catalog
-    from gateway.serving.runtime import ModelRuntime
-    from gateway.traffic.admin import TrafficAdmin
-    from gateway.traffic.sync import PolicyChannel
-
-    settings = ctx.settings
-    client = ctx.redis()
-    channel = PolicyChannel(client, settings.redis_prefix) if client is not None else None
-    catalog = Catalog(ctx.db, settings.registry_poll_seconds)
-    runtime = ModelRuntime(ctx.store, settings.session_cache_count, settings.session_cache_bytes,
-                           settings.intra_op_threads)
-    return TrafficAdmin(ctx.db, catalog, runtime, channel)
+def _traffic(ctx: Context) -> TrafficAdmin:
+    return ctx.services.traffic
 
 
 def _policy_text(p: dict[str, Any]) -> str:

@@ -11,17 +11,12 @@ import argparse
 import sys
 from typing import Any
 
-from gateway.cli.main import CliError, Context, actor, emit
+from gateway.cli.common import CliError, Context, actor, emit
 from gateway.lifecycle.rollout import Rollouts
 
 
 def _rollouts(ctx: Context) -> Rollouts:
-    from gateway.cli.main import _traffic
-
-    traffic = _traffic(ctx)
-    client = traffic.channel.client if traffic.channel is not None else None
-    return Rollouts(ctx.db, traffic.catalog, traffic, client, ctx.settings.redis_prefix,
-                    lock_seconds=max(30.0, 3 * ctx.settings.rollout_interval_seconds))
+    return ctx.services.rollouts
 
 
 def _steps(value: str) -> list[int]:

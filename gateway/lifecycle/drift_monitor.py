@@ -18,11 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.lifecycle.drift import MIN_SAMPLES, DriftScore, check_reference, score_rows
-from gateway.settings import Settings
 from registry.db import Database
 from registry.drift import (
     StoredReference,
@@ -146,15 +144,3 @@ class DriftMonitor:
             entry["top_features"] = [{"feature": j, "psi": value}
                                      for j, value in drift.score.top]
         return entry
-
-
-def init_app(app: Flask, db: Database, settings: Settings) -> DriftMonitor:
-    monitor = DriftMonitor(db, settings.drift_threshold, settings.drift_window,
-                           settings.drift_refresh_seconds)
-    app.extensions["mgw_drift"] = monitor
-    return monitor
-
-
-def drift_monitor() -> DriftMonitor:
-    monitor: DriftMonitor = current_app.extensions["mgw_drift"]
-    return monitor

@@ -145,7 +145,11 @@ class Catalog:
     """Per-process registry snapshot with background refresh."""
 
     def __init__(self, db: Database, poll_seconds: float,
-                 miss_lookups_per_second: float = MISS_LOOKUPS_PER_SECOND) -> None:
+                 miss_lookups_per_second: float = MISS_LOOKUPS_PER_SECOND,
+                 background: bool = True) -> None:
+        """`background` False (a one-shot command): no poller; the first lookup reads the
+        registry once."""
+        self._background = background
         self._db = db
         self._poll = poll_seconds
         self._snapshot = Snapshot(counter=-1)
@@ -203,6 +207,8 @@ class Catalog:
             return
         if self._snapshot.counter < 0:
             self.reload()
+        if not self._background:
+            return
         self._thread = threading.Thread(target=self._poll_loop, name="catalog-poll", daemon=True)
         self._thread.start()
 

@@ -16,11 +16,14 @@ CLAIM_SECONDS = 7 * 24 * 3600
 
 
 class RequestIds:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis | None, prefix: str) -> None:
+        """`client` None: nothing to claim in (a command), so every id is taken as new."""
         self._client = client
         self._prefix = prefix
 
     def claim(self, model: str, request_id: str) -> bool:
+        if self._client is None:
+            return True
         try:
             return bool(self._client.set(f"{self._prefix}rid:{model}:{request_id}", b"1",
                                          nx=True, ex=CLAIM_SECONDS))

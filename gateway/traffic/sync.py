@@ -100,7 +100,7 @@ class PolicyChannel:
 class PolicyCache:
     """This process's copy of every live policy, kept fresh by one background thread."""
 
-    def __init__(self, channel: PolicyChannel, db: Database, refresh_seconds: float = 1.0,
+    def __init__(self, channel: PolicyChannel | None, db: Database, refresh_seconds: float = 1.0,
                  on_propagated: Callable[[TrafficPolicy], None] | None = None) -> None:
         self._on_propagated = on_propagated
         self._channel = channel
@@ -129,7 +129,13 @@ class PolicyCache:
         return dict(self._policies)
 
     def ensure_started(self) -> None:
+        """Start the sync thread in this process; without a channel (a command with no
+        gateway's Redis to reach) read the recorded policies from SQL once instead."""
         if not self._started.claim():
+            return
+        if self._channel is None:
+            self._load_from_sql()
+            self.loaded.set()
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="policy-sync", daemon=True)
@@ -163,6 +169,7 @@ class PolicyCache:
     # -- background thread -------------------------------------------------------------------
 
     def _read_changed(self, model: bytes | str) -> None:
+        assert self._channel is not None
         name = model.decode() if isinstance(model, bytes) else model
         policy = self._channel.read(name)
         if policy is not None:
@@ -177,6 +184,7 @@ class PolicyCache:
             log.warning("cannot read policies from the registry either: %s", exc)
 
     def _reload_all(self) -> None:
+        assert self._channel is not None
         if self._channel.needs_restore():
             try:
                 count = self._channel.restore_from_sql(self._db)
@@ -188,6 +196,7 @@ class PolicyCache:
         self.loaded.set()
 
     def _run(self) -> None:
+        assert self._channel is not None
         backoff = 0.1
         while not self._stop.is_set():
             pubsub = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, request
 
-from gateway.web.app import services
+from gateway.web.current import services
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

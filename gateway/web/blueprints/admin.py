@@ -10,7 +10,7 @@ from flask import Blueprint, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.traffic.admin import parse_if_match
-from gateway.web.app import services
+from gateway.web.current import services
 from gateway.web.responses import json_response, read_json_object
 from gateway.web.writes import announce_writes
 from registry import service

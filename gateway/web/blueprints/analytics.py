@@ -10,9 +10,8 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, request
 
-from gateway.lifecycle.drift_monitor import drift_monitor
 from gateway.outcomes.comparison import compare, window
-from gateway.web.app import services
+from gateway.web.current import services
 from gateway.web.responses import json_response
 from registry.errors import InvalidInput
 from registry.names import MAX_VERSION
@@ -34,7 +33,7 @@ def drift(name: str) -> Any:
     """Per version: PSI of its sampled inputs against its evaluation reference (cached for
     GATEWAY_DRIFT_REFRESH_SECONDS, like /metrics: `computed_at` says when)."""
     entry = services().catalog.model(name)
-    return json_response(drift_monitor().describe(name, sorted(entry.versions)))
+    return json_response(services().drift.describe(name, sorted(entry.versions)))
 
 
 def _cell(value: Any) -> Any:

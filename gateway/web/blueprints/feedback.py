@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, g
 
-from gateway.web.app import services
+from gateway.web.current import services
 from gateway.web.responses import json_response, read_json_object
 
 bp = Blueprint("feedback", __name__)

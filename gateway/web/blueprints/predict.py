@@ -8,7 +8,7 @@ from flask import Blueprint, g, request
 
 from gateway.serving.codecs import decode_json_inputs, outputs_for_json
 from gateway.serving.dataplane import request_id_from
-from gateway.web.app import services
+from gateway.web.current import services
 from gateway.web.responses import json_response, read_json_object
 from registry.errors import InvalidInput
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from gateway.web.app import services
+from gateway.web.current import services
 
 bp = Blueprint("metrics", __name__)
 

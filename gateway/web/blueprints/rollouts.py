@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, g, request
 
-from gateway.web.app import services
+from gateway.web.current import services
 from gateway.web.responses import json_response, read_json_object
 from gateway.web.writes import announce_writes
 

@@ -13,19 +13,19 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
+from gateway.serving import metadata
 from gateway.serving.catalog import VersionInfo
 from gateway.serving.codecs import decode_v2_request, encode_v2_response
 from gateway.serving.dataplane import request_id_from
-from gateway.web.app import services
 from gateway.web.blueprints.predict import routing_key
+from gateway.web.current import services
 from gateway.web.responses import json_response, read_body
-from registry.errors import GatewayError, InvalidInput
+from registry.errors import InvalidInput
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 health_bp = Blueprint("v2_health", __name__, url_prefix="/v2/health")
 
 EXTENSIONS = ["binary_tensor_data"]
-PLATFORM = "onnxruntime_onnx"
 
 
 def _server_version() -> str:
@@ -42,9 +42,8 @@ def live() -> Any:
 
 @health_bp.get("/ready")
 def ready() -> Any:
-    catalog = services().catalog
-    catalog.ensure_started()
-    ok = catalog.last_error is None
+    """The same readiness as `/readyz` (`gateway.serving.readiness`), in the protocol's shape."""
+    ok = services().readiness.worker().ready
     return json_response({"ready": ok}, 200 if ok else 503)
 
 
@@ -55,47 +54,25 @@ def server_metadata() -> Any:
     )
 
 
-def _metadata(version: VersionInfo, all_versions: list[int]) -> dict[str, Any]:
-    def tensors(specs: Any) -> list[dict[str, Any]]:
-        return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
-
-    return {
-        "name": version.model,
-        "versions": [str(v) for v in all_versions],
-        "platform": PLATFORM,
-        "inputs": tensors(version.inputs),
-        "outputs": tensors(version.outputs),
-    }
-
-
-def _live_versions(name: str) -> list[int]:
-    entry = services().catalog.model(name)
-    return [n for n, v in sorted(entry.versions.items()) if v.stage != "archived"]
-
-
 @bp.get("/models/<name>")
 def model_metadata(name: str) -> Any:
-    choice = services().dataplane.choose(name, None)
-    return json_response(_metadata(choice.version, _live_versions(name)))
+    svc = services()
+    return json_response(metadata.model_metadata(svc.catalog, svc.dataplane, name, None))
 
 
 @bp.get("/models/<name>/versions/<ref>")
 def version_metadata(name: str, ref: str) -> Any:
-    version, _ = services().catalog.version(name, ref)
-    body = _metadata(version, _live_versions(name))
-    body["versions"] = [str(version.version)]
-    return json_response(body)
+    svc = services()
+    return json_response(metadata.model_metadata(svc.catalog, svc.dataplane, name, ref))
 
 
 def _readiness(name: str, ref: str | None) -> Any:
-    svc = services()
-    version = svc.dataplane.choose(name, ref).version
-    try:
-        svc.runtime.get(version)
-    except GatewayError as exc:
-        return json_response({"name": name, "version": str(version.version), "ready": False,
-                              "error": exc.message}, 503)
-    return json_response({"name": name, "version": str(version.version), "ready": True})
+    state = services().readiness.version(name, ref)
+    body: dict[str, Any] = {"name": name, "version": str(state.version.version),
+                            "ready": state.ready}
+    if state.error is not None:
+        body["error"] = state.error
+    return json_response(body, 200 if state.ready else 503)
 
 
 @bp.get("/models/<name>/ready")

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.lifecycle.drift_monitor import DriftMonitor, drift_monitor
+from gateway.lifecycle.drift_monitor import DriftMonitor
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,8 @@ STATUS_TEXT = {
 }
 
 
-def drift_view(name: str, monitor: DriftMonitor | None = None) -> dict[str, Any]:
+def drift_view(name: str, monitor: DriftMonitor) -> dict[str, Any]:
     """Rows for `dashboard_drift.html`; versions without a reference are left out."""
-    monitor = monitor or drift_monitor()
     view: dict[str, Any] = {"threshold": f"{monitor.threshold:g}",
                             "min_samples": monitor.min_samples, "rows": [], "error": None}
     try:

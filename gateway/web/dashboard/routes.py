@@ -40,10 +40,12 @@ from markupsafe import Markup, escape
 
 from gateway.outcomes import stats
 from gateway.outcomes.comparison import compare
+from gateway.services import Services
 from gateway.traffic.admin import parse_if_match
-from gateway.web.app import Services, error_response, services
+from gateway.web.current import services
 from gateway.web.dashboard.drift import drift_view
 from gateway.web.dashboard.rollouts import rollout_view
+from gateway.web.errors import error_response
 from gateway.web.writes import announce_writes
 from registry import service, timeseries
 from registry.errors import Conflict, Forbidden, GatewayError, InvalidInput, Unauthorized
@@ -624,7 +626,7 @@ def _model_view(svc: Services, record: dict[str, Any], window: Window,
         "charts": [*primary_charts(primary, window.axis), shadow_chart(shadow, window.axis)],
         "comparison": _comparison_view(compare(svc.db, name, None, None)),
         "form": _form_state(policy, name, failed),
-        "drift": drift_view(name),
+        "drift": drift_view(name, svc.drift),
         "rollout": rollout_view(svc.db, name),
     }
 

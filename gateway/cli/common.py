@@ -1,0 +1,92 @@
+"""What every `gateway` command shares: its context (settings and the composition root's
+services), the one-line error, the actor named in the audit trail, and output for people
+(tables) or scripts (`--json`)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from gateway.services import Services, build_services
+from gateway.settings import Settings
+from registry.db import Database
+from registry.store import ArtifactStore
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit status 2."""
+
+
+def actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
+def emit(args: argparse.Namespace, data: Any, table: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(table(data) + "\n")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+class Context:
+    """Settings, then the services of the composition root, built on first use so that
+    `--help` and `db upgrade` need no database."""
+
+    def __init__(self) -> None:
+        self.settings = Settings.from_env()
+        self._services: Services | None = None
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            from registry.migrate import current_revision, head_revision
+
+            probe = Database(self.settings.database_url)
+            try:
+                current = current_revision(probe.engine)
+            finally:
+                probe.dispose()
+            if current != head_revision():
+                raise CliError(
+                    f"the database schema is at {current or 'nothing'}, this gateway needs "
+                    f"{head_revision()}: run `gateway db upgrade`"
+                )
+            self._services = build_services(self.settings, background=False)
+        return self._services
+
+    @property
+    def db(self) -> Database:
+        return self.services.db
+
+    @property
+    def store(self) -> ArtifactStore:
+        return self.services.store
+
+    def announce(self) -> None:
+        """Tell running gateways of a registry change and wait until each worker has it, so
+        the next request to any of them sees it (`gateway.serving.registry_sync`)."""
+        self.services.announcer.announce()
+
+    def close(self) -> None:
+        """Release connections and sessions: `main` also runs in-process (tests, scripts),
+        where a leaked PostgreSQL connection outlives the command."""
+        if self._services is not None:
+            self._services.close()
+            self._services = None
