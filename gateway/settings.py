@@ -1,13 +1,22 @@
 """One typed settings object, read once from the environment (and an optional `.env`).
 
+Each setting is declared once, as a field of `Settings` with its variable, bounds and doc
+(`setting(...)`): `Settings.from_env` parses every declared variable from that declaration, and
+the README's configuration table is generated from it (`python -m gateway.settings` prints it;
+`tests/test_settings.py` fails when the README and the declaration differ). Fields without a
+variable are tunables that tests set through `Settings(...)` or `with_`.
+
 Everything configurable lives here so that `create_app(settings)` in tests builds a fully
 isolated gateway without touching process-wide environment variables.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field, replace
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,136 +27,214 @@ class SettingsError(ValueError):
     """A setting has a value the gateway cannot run with."""
 
 
-def _int(env: dict[str, str], key: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{key} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{key} must be >= {minimum}, got {value}")
-    return value
+@dataclass(frozen=True)
+class Declared:
+    """How one field is configured: its variable, bounds, and the README's words for it."""
+
+    env: str
+    doc: str
+    shown: str  # the default as the README shows it
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()  # a string must start with one of these
 
 
-def _float(env: dict[str, str], key: str, default: float, minimum: float,
-           maximum: float | None = None) -> float:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{key} must be a number, got {raw!r}") from None
-    if not (value >= minimum and (maximum is None or value <= maximum)):  # also refuses NaN
-        bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-        raise SettingsError(f"{key} must be {bounds}, got {raw!r}")
-    return value
+def setting(default: Any, env: str, doc: str, *, shown: str | None = None,
+            minimum: float | None = None, maximum: float | None = None,
+            choices: tuple[str, ...] = (), prefixes: tuple[str, ...] = (),
+            secret: bool = False) -> Any:
+    """A field read from `env`; `secret` keeps it out of `repr` (logs)."""
+    declared = Declared(env, doc, shown if shown is not None else f"`{default}`", minimum,
+                        maximum, choices, prefixes)
+    return field(default=default, repr=not secret, metadata={"declared": declared})
 
 
-def _bool(env: dict[str, str], key: str, default: bool) -> bool:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "on", "true", "yes"}:
-        return True
-    if lowered in {"0", "off", "false", "no"}:
-        return False
-    raise SettingsError(f"{key} must be on or off, got {raw!r}")
+_ON = {"1", "on", "true", "yes"}
+_OFF = {"0", "off", "false", "no"}
+
+
+def _parse(kind: Any, raw: str, spec: Declared) -> Any:
+    key = spec.env
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered not in _ON | _OFF:
+            raise SettingsError(f"{key} must be on or off, got {raw!r}")
+        return lowered in _ON
+    if kind in (int, float):
+        try:
+            value: float = int(raw) if kind is int else float(raw)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise SettingsError(f"{key} must be {what}, got {raw!r}") from None
+        low = -math.inf if spec.minimum is None else spec.minimum
+        high = math.inf if spec.maximum is None else spec.maximum
+        if not low <= value <= high:  # also refuses NaN
+            bounds = (f"from {spec.minimum:g} to {spec.maximum:g}" if spec.maximum is not None
+                      else f">= {spec.minimum:g}")
+            raise SettingsError(f"{key} must be {bounds}, got {raw!r}")
+        return value
+    if spec.choices and raw not in spec.choices:
+        raise SettingsError(f"{key} must be one of {', '.join(spec.choices)}, got {raw!r}")
+    if spec.prefixes and not raw.startswith(spec.prefixes):
+        raise SettingsError(f"{key} must start with {' or '.join(spec.prefixes)}")
+    return Path(raw) if kind is Path else raw
+
+
+def _base_type(annotation: Any) -> Any:
+    """`int | None` -> int."""
+    if isinstance(annotation, types.UnionType):
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return kinds[0]
+    return annotation
 
 
 @dataclass(frozen=True)
 class Settings:
     """The gateway's configuration. Defaults need no server: SQLite file, embedded Redis."""
 
-    # repr=False: a logged Settings must not carry a password or the signing key
-    database_url: str = field(default="sqlite:///gateway.db", repr=False)
-    redis_url: str | None = None
-    model_store: Path = Path("model-store")
-    auth: bool = True
-    max_body_bytes: int = 4 * MIB
-    max_model_bytes: int = 512 * MIB
-    max_batch: int = 1024
-    session_cache_count: int = 32
-    session_cache_bytes: int = 2048 * MIB
-    intra_op_threads: int = 1
+    database_url: str = setting(
+        "sqlite:///gateway.db", "GATEWAY_DATABASE_URL",
+        "registry database; `postgresql+psycopg://user@host/db` in production",
+        shown="`sqlite:///gateway.db` (working directory)",
+        prefixes=("sqlite:", "postgresql"), secret=True)
+    redis_url: str | None = setting(
+        None, "GATEWAY_REDIS_URL", "live traffic policies, registry announcements",
+        shown="unset: a private `redis-server` started by the gateway")
+    model_store: Path = setting(Path("model-store"), "GATEWAY_MODEL_STORE",
+                                "artifacts, kept by sha256",
+                                shown="`model-store/` (working directory)")
+    state_dir: Path = setting(
+        Path(".gateway"), "GATEWAY_STATE_DIR",
+        "the embedded Redis's socket, the outcome spool, metrics files, the cookie key",
+        shown="`.gateway/` (working directory)")
+    auth: bool = setting(True, "GATEWAY_AUTH",
+                         "`off` opens every route (local experiments only; a warning is logged)",
+                         shown="`on`")
+    secret_key: str | None = setting(
+        None, "GATEWAY_SECRET_KEY", "signs the dashboard's session cookie",
+        shown="unset: a random key kept in the state directory", secret=True)
+    max_body_bytes: int = setting(4 * MIB, "GATEWAY_MAX_BODY_BYTES",
+                                  "limit for inference and feedback bodies", shown="4 MiB",
+                                  minimum=1024)
+    max_model_bytes: int = setting(512 * MIB, "GATEWAY_MAX_MODEL_BYTES",
+                                   "limit for uploaded model files", shown="512 MiB",
+                                   minimum=1024)
+    max_batch: int = setting(1024, "GATEWAY_MAX_BATCH", "rows per inference request",
+                             shown="1024", minimum=1)
+    max_tensor_elements: int = setting(4_000_000, "GATEWAY_MAX_TENSOR_ELEMENTS",
+                                       "values per inference request, over all inputs",
+                                       shown="4,000,000", minimum=1)
+    request_timeout_seconds: float = setting(
+        20.0, "GATEWAY_REQUEST_TIMEOUT",
+        "time to receive a whole request (headers and body); slower clients get `408` and the "
+        "worker moves on (`gateway/web/workers.py`)", shown="20 (s)", minimum=1)
+    outcome_buffer: int = setting(
+        100_000, "GATEWAY_OUTCOME_BUFFER",
+        "outcome rows a worker keeps in memory while neither the database nor the spool takes "
+        "them; beyond it the oldest are dropped and counted (`gateway_outcomes_dropped_total`)",
+        shown="100000", minimum=1)
+    outcome_retention_days: int = setting(
+        90, "GATEWAY_OUTCOME_RETENTION_DAYS",
+        "what `gateway outcomes prune` deletes by default: outcomes and feedback older than "
+        "this", shown="90", minimum=1)
+    feedback_wait_seconds: float = setting(
+        1.0, "GATEWAY_FEEDBACK_WAIT_SECONDS",
+        "how long feedback for an id not yet in the database waits for its outcome to land "
+        "before answering `404`", shown="1 (s)", minimum=0, maximum=30)
+    shadow_workers: int = setting(1, "GATEWAY_SHADOW_WORKERS", "shadow threads per worker",
+                                  shown="1", minimum=1)
+    shadow_queue: int = setting(
+        64, "GATEWAY_SHADOW_QUEUE",
+        "queued shadow copies per worker; a copy that finds the queue full is dropped and "
+        "counted", shown="64", minimum=1)
+    session_cache_count: int = setting(32, "GATEWAY_SESSION_CACHE_COUNT",
+                                       "onnxruntime sessions kept per worker (LRU)",
+                                       shown="32", minimum=1)
+    session_cache_bytes: int = setting(2048 * MIB, "GATEWAY_SESSION_CACHE_BYTES",
+                                       "model bytes kept loaded per worker (LRU)",
+                                       shown="2 GiB", minimum=1)
+    intra_op_threads: int = setting(1, "GATEWAY_INTRA_OP_THREADS",
+                                    "onnxruntime threads per session (one process per core)",
+                                    shown="1", minimum=0)
+    bind: str = setting("127.0.0.1:8000", "GATEWAY_BIND",
+                        "where `gateway serve` listens (`--bind`)")
+    workers: int = setting(2, "GATEWAY_WORKERS", "gunicorn worker processes (`--workers`)",
+                           shown="2", minimum=1)
+    worker_class: str = setting(
+        "sync", "GATEWAY_WORKER_CLASS",
+        "`sync` or `gthread` (`--worker-class`); why `sync`: "
+        "[docs/performance.md](docs/performance.md)", choices=("sync", "gthread"))
+    threads: int = setting(4, "GATEWAY_THREADS", "threads per gthread worker (`--threads`)",
+                           shown="4", minimum=1)
+    worker_timeout: int = setting(30, "GATEWAY_WORKER_TIMEOUT",
+                                  "gunicorn restarts a worker silent for this long",
+                                  shown="30 (s)", minimum=1)
+    access_log: str | None = setting(None, "GATEWAY_ACCESS_LOG",
+                                     "gunicorn access log (`-` for stdout)", shown="unset: none")
+    log_level: str = setting("info", "GATEWAY_LOG_LEVEL", "gunicorn's log level",
+                             choices=("debug", "info", "warning", "error", "critical"))
+    redis_prefix: str = setting("mgw:", "GATEWAY_REDIS_PREFIX",
+                                "key prefix in Redis (gateways sharing one Redis and one "
+                                "database share it)")
+    input_sample_rate: float = setting(
+        0.05, "GATEWAY_INPUT_SAMPLE_RATE",
+        "share of primary requests whose inputs are kept in the outcome log for drift (0 turns "
+        "it off; inputs may be sensitive)", shown="0.05", minimum=0, maximum=1)
+    drift_threshold: float = setting(0.2, "GATEWAY_DRIFT_THRESHOLD",
+                                     "PSI above which a version's inputs count as drifted",
+                                     shown="0.2", minimum=0)
+    drift_window: int = setting(2000, "GATEWAY_DRIFT_WINDOW",
+                                "newest sampled inputs per version that drift is computed on",
+                                shown="2000", minimum=10)
+    drift_refresh_seconds: float = setting(30.0, "GATEWAY_DRIFT_REFRESH_SECONDS",
+                                           "how long a worker reuses a computed drift score",
+                                           shown="30 (s)", minimum=0)
+    rollout_interval_seconds: float = setting(
+        10.0, "GATEWAY_ROLLOUT_INTERVAL",
+        "how often the rollout controller in each worker looks at running rollouts",
+        shown="10 (s)", minimum=0.05)
+    # tunables without a variable: tests set them
     registry_poll_seconds: float = 0.5
-    redis_prefix: str = "mgw:"
-    state_dir: Path = Path(".gateway")
-    shadow_workers: int = 1
-    shadow_queue: int = 64
     policy_refresh_seconds: float = 1.0
     outcome_flush_seconds: float = 0.2
-    outcome_buffer: int = 100_000
-    feedback_wait_seconds: float = 1.0
-    outcome_retention_days: int = 90
-    secret_key: str | None = field(default=None, repr=False)
     token_cache_seconds: float = 0.5
-    request_timeout_seconds: float = 20.0
-    max_tensor_elements: int = 4_000_000
-    # share of primary requests whose inputs are kept in the outcome log (drift's live side)
-    input_sample_rate: float = 0.05
-    drift_threshold: float = 0.2  # PSI above which a version's inputs count as drifted
-    drift_window: int = 2000  # newest sampled inputs per version that drift is computed on
-    drift_refresh_seconds: float = 30.0  # how long a worker reuses a computed drift score
-    rollout_interval_seconds: float = 10.0  # how often the rollout controller looks
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Read `GATEWAY_*` variables; a `.env` in the working directory adds missing ones."""
+        """Read every declared `GATEWAY_*` variable; a `.env` in the working directory adds
+        missing ones. An empty variable means the default."""
         if env is None:
             from dotenv import dotenv_values
 
             merged = {k: v for k, v in dotenv_values(".env").items() if v is not None}
             merged.update(os.environ)
             env = merged
-        defaults = cls()
-        database_url = env.get("GATEWAY_DATABASE_URL") or defaults.database_url
-        if not database_url.startswith(("sqlite:", "postgresql")):
-            raise SettingsError(
-                "GATEWAY_DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://..."
-            )
-        return cls(
-            database_url=database_url,
-            redis_url=env.get("GATEWAY_REDIS_URL") or None,
-            model_store=Path(env.get("GATEWAY_MODEL_STORE") or defaults.model_store),
-            auth=_bool(env, "GATEWAY_AUTH", True),
-            max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
-            max_model_bytes=_int(env, "GATEWAY_MAX_MODEL_BYTES", defaults.max_model_bytes, 1024),
-            max_batch=_int(env, "GATEWAY_MAX_BATCH", defaults.max_batch, 1),
-            session_cache_count=_int(
-                env, "GATEWAY_SESSION_CACHE_COUNT", defaults.session_cache_count, 1
-            ),
-            session_cache_bytes=_int(
-                env, "GATEWAY_SESSION_CACHE_BYTES", defaults.session_cache_bytes, 1
-            ),
-            intra_op_threads=_int(env, "GATEWAY_INTRA_OP_THREADS", defaults.intra_op_threads, 0),
-            redis_prefix=env.get("GATEWAY_REDIS_PREFIX") or defaults.redis_prefix,
-            state_dir=Path(env.get("GATEWAY_STATE_DIR") or defaults.state_dir),
-            secret_key=env.get("GATEWAY_SECRET_KEY") or None,
-            shadow_workers=_int(env, "GATEWAY_SHADOW_WORKERS", defaults.shadow_workers, 1),
-            shadow_queue=_int(env, "GATEWAY_SHADOW_QUEUE", defaults.shadow_queue, 1),
-            outcome_retention_days=_int(env, "GATEWAY_OUTCOME_RETENTION_DAYS",
-                                        defaults.outcome_retention_days, 1),
-            outcome_buffer=_int(env, "GATEWAY_OUTCOME_BUFFER", defaults.outcome_buffer, 1),
-            request_timeout_seconds=_int(env, "GATEWAY_REQUEST_TIMEOUT",
-                                         int(defaults.request_timeout_seconds), 1),
-            max_tensor_elements=_int(env, "GATEWAY_MAX_TENSOR_ELEMENTS",
-                                     defaults.max_tensor_elements, 1),
-            input_sample_rate=_float(env, "GATEWAY_INPUT_SAMPLE_RATE",
-                                     defaults.input_sample_rate, 0.0, 1.0),
-            drift_threshold=_float(env, "GATEWAY_DRIFT_THRESHOLD", defaults.drift_threshold,
-                                   0.0),
-            drift_window=_int(env, "GATEWAY_DRIFT_WINDOW", defaults.drift_window, 10),
-            drift_refresh_seconds=_float(env, "GATEWAY_DRIFT_REFRESH_SECONDS",
-                                         defaults.drift_refresh_seconds, 0.0),
-            rollout_interval_seconds=_float(env, "GATEWAY_ROLLOUT_INTERVAL",
-                                            defaults.rollout_interval_seconds, 0.05),
-        )
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for item, spec in declared():
+            raw = env.get(spec.env)
+            if raw:
+                values[item.name] = _parse(_base_type(hints[item.name]), raw, spec)
+        return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests build variants this way)."""
         return replace(self, **changes)
+
+
+def declared() -> list[tuple[Any, Declared]]:
+    """(field, declaration) for every setting read from the environment, in README order."""
+    return [(f, f.metadata["declared"]) for f in fields(Settings) if "declared" in f.metadata]
+
+
+def readme_table() -> str:
+    """The README's configuration table, as the declarations say it."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{spec.env}` | {spec.shown} | {spec.doc} |" for _, spec in declared()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(readme_table())

@@ -347,7 +347,8 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> None:
         if args.threads < 1:
             raise CliError("--threads must be at least 1")
         os.environ["GATEWAY_THREADS"] = str(args.threads)
-    status = serve(ctx.settings, bind=args.bind, workers=args.workers)
+    status = serve(ctx.settings, bind=args.bind or ctx.settings.bind,
+                   workers=args.workers if args.workers is not None else ctx.settings.workers)
     if status:
         raise CliError(f"gunicorn exited with status {status}")
 
@@ -472,10 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
 
     p = add(sub, "serve", cmd_serve, "serve with gunicorn")
-    p.add_argument("--bind", default=os.environ.get("GATEWAY_BIND", "127.0.0.1:8000"))
-    p.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "2")))
+    p.add_argument("--bind", default=None, help="host:port (default GATEWAY_BIND or "
+                   "127.0.0.1:8000)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default GATEWAY_WORKERS or 2)")
     p.add_argument("--worker-class", choices=["gthread", "sync"], default=None,
-                   help="gunicorn worker class (default gthread; see docs/performance.md)")
+                   help="gunicorn worker class (default GATEWAY_WORKER_CLASS or sync; see "
+                   "docs/performance.md)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads per gthread worker (default GATEWAY_THREADS or 4)")
 

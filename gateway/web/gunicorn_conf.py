@@ -20,25 +20,27 @@
 
 import os
 
-bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-_worker_class = os.environ.get("GATEWAY_WORKER_CLASS", "sync")
+from gateway.settings import Settings
+
+_settings = Settings.from_env()  # `gateway serve` passes --bind/--workers on gunicorn's argv
+bind = _settings.bind
+workers = _settings.workers
 # `sync` is gunicorn's sync worker plus a deadline on receiving each request
 # (GATEWAY_REQUEST_TIMEOUT), so a slow client frees its worker instead of getting it killed
-worker_class = ("gateway.web.workers.DeadlineSyncWorker" if _worker_class == "sync"
-                else _worker_class)
+worker_class = ("gateway.web.workers.DeadlineSyncWorker" if _settings.worker_class == "sync"
+                else _settings.worker_class)
 # gunicorn turns `sync` with threads > 1 into gthread; keep `sync` what it says
-threads = 1 if _worker_class == "sync" else int(os.environ.get("GATEWAY_THREADS", "4"))
-timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "30"))
+threads = 1 if _settings.worker_class == "sync" else _settings.threads
+timeout = _settings.worker_timeout
 graceful_timeout = 20
 keepalive = 5
 preload_app = False
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
-accesslog = os.environ.get("GATEWAY_ACCESS_LOG") or None
+accesslog = _settings.access_log
 errorlog = "-"
-loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
+loglevel = _settings.log_level
 wsgi_app = "gateway.web.app:create_app()"
 # gunicorn >= 24 opens a control socket at one fixed path per user; several gateways on one
 # host (tests, blue/green) would fight over it, and we do not use it.
