@@ -116,7 +116,7 @@ class EmbeddedRedis:
 
 def _exited(pid: int) -> bool:
     """True once `pid` has exited. The starter's own child stays a zombie (and answers
-    `kill(pid, 0)`) until it is reaped, which kept `gateway serve` waiting 10 s on SIGTERM."""
+    `kill(pid, 0)`) until it is reaped, so `kill(pid, 0)` alone would wait out the deadline."""
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return True

@@ -47,6 +47,7 @@ from registry import rollouts as rollouts_sql
 from registry import service
 from registry.db import Database
 from registry.errors import Conflict, GatewayError, InvalidInput, NotFound, Unavailable
+from registry.names import check_reason
 from registry.service import iso
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ DEFAULT_STEPS = [5, 25, 50, 100]
 DEFAULT_MIN_SAMPLES = 200
 P99_MIN_REQUESTS = 100  # fewer answered requests than this have no meaningful p99
 MAX_STEPS = 20
-MAX_REASON = 2000
 CONTROLLER = "rollout-controller"
 PLAN_FIELDS = {"candidate", "baseline", "steps", "metric", "min_samples", "max_regression",
                "max_error_rate", "max_p99_ms", "alpha", "reason", "force"}
@@ -122,9 +122,7 @@ def parse_plan(body: Any) -> Plan:
             10 <= min_samples <= 10_000_000):
         raise InvalidInput(f"min_samples must be an integer from 10 to 10000000, "
                            f"got {min_samples!r}")
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
-        raise InvalidInput(f"reason must be a string of at most {MAX_REASON} characters")
+    reason = check_reason(body.get("reason"))
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise InvalidInput("force must be true or false")
@@ -250,12 +248,6 @@ def step_policy(candidate: int, baseline: int, percent: int, live_shadow: dict[s
 
 def _parse_ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _reason(value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or len(value) > MAX_REASON):
-        raise InvalidInput(f"reason must be a string of at most {MAX_REASON} characters")
-    return value
 
 
 class Rollouts:
@@ -415,14 +407,14 @@ class Rollouts:
             reason=reason)
 
     def pause(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
-        reason = _reason(reason)
+        reason = check_reason(reason)
         with self._ops_change(model, "running") as current:
             return self._ops_update(model, current, actor, "pause", {"state": "paused"},
                                     reason, "paused by ops")
 
     def resume(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
         """Continue at the current step, re-applying its weights over whatever is live."""
-        reason = _reason(reason)
+        reason = check_reason(reason)
         with self._ops_change(model, "paused") as current:
             live = self.traffic.show(model)
             policy = self.traffic.set(model, step_policy(
@@ -435,7 +427,7 @@ class Rollouts:
 
     def abort(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
         """Stop and put the policy from before the rollout back."""
-        reason = _reason(reason)
+        reason = check_reason(reason)
         with self._ops_change(model, None) as current:
             revision = self._restore(model, current, actor, f"rollout {current['id']} "
                                      f"aborted: {reason or 'aborted by ops'}", None)

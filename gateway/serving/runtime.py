@@ -30,7 +30,7 @@ from gateway.serving.batching import Batcher, merge_refusal, run_alone
 from gateway.serving.catalog import VersionInfo
 from registry.errors import Unavailable
 from registry.inspect_onnx import refuse_external_data, session_options
-from registry.store import ArtifactError, ArtifactStore
+from registry.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class ModelRuntime:
                 )
                 loaded = LoadedModel(version.sha256, len(data), session)
                 loaded.run(warmup_inputs(version), None)
-            except (ArtifactError, Exception) as exc:
+            except Exception as exc:  # a bad artifact, onnxruntime refusing it, a failed warm-up
                 reason = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
                 self.broken[version.sha256] = (time.monotonic(), reason)
                 if self._on_failure is not None:

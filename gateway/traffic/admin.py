@@ -23,6 +23,7 @@ from gateway.traffic.sync import PolicyCache, PolicyChannel
 from registry import traffic as sql_traffic
 from registry.db import Database
 from registry.errors import Conflict, GatewayError, InvalidInput, NotFound, Unavailable
+from registry.names import ascii_number
 
 REDIS_DOWN = ("Redis is unreachable, so traffic changes are refused until it returns; requests "
               "are still served on the last policy each worker knows")
@@ -32,12 +33,11 @@ MAX_REVISION_DIGITS = 18  # a revision is a SQL BIGINT
 def parse_if_match(value: str | None) -> int | None:
     if value is None:
         return None
-    cleaned = value.strip().strip('"').removeprefix("W/").strip('"')
-    # ASCII digits only (str.isdigit is also true for "²", which int() refuses), and few
-    # enough for int(): past 4300 digits it raises, and no revision is that large
-    if not (cleaned.isascii() and cleaned.isdigit()) or len(cleaned) > MAX_REVISION_DIGITS:
+    revision = ascii_number(value.strip().strip('"').removeprefix("W/").strip('"'),
+                            MAX_REVISION_DIGITS)
+    if revision is None:
         raise InvalidInput("If-Match must be a policy revision number")
-    return int(cleaned)
+    return revision
 
 
 class TrafficAdmin:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry.errors import InvalidInput
+from registry.names import check_reason
 
 MAX_WEIGHT = 1_000_000
 
@@ -134,10 +135,7 @@ def parse_policy_body(body: dict[str, Any]) -> tuple[dict[str, int], dict[str, f
                 or not math.isfinite(percent) or not 0 <= percent <= 100):
             raise InvalidInput(f"shadow percent of version {ref} must be a number from 0 to 100")
         parsed_shadow[ref] = int(percent) if float(percent).is_integer() else float(percent)
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
-        raise InvalidInput("reason must be a string of at most 2000 characters")
-    return parsed_weights, parsed_shadow, reason
+    return parsed_weights, parsed_shadow, check_reason(body.get("reason"))
 
 
 def parse_force(body: dict[str, Any]) -> bool:

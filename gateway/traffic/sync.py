@@ -223,9 +223,8 @@ class PolicyCache:
                 if self.redis_ok or self.last_error is None:
                     log.warning("Redis unreachable; serving the last known policies: %s", exc)
                 # On losing Redis, catch up from SQL (only newer revisions are installed): a
-                # change announced just before Redis died may not have been read yet. CI saw
-                # it: a worker got the notification, its read of the policy failed, and it
-                # served the default version for the whole outage.
+                # change announced just before Redis died may not have been read yet, and the
+                # worker would serve the old policy for the whole outage.
                 if self.redis_ok or not self.loaded.is_set():
                     self._load_from_sql()
                 self.redis_ok = False

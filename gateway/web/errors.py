@@ -73,9 +73,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(InterfaceError)
     def _database_unreachable(exc: OperationalError | InterfaceError) -> Any:
         """The database refused or dropped the connection (restart, failover, outage): the
-        caller may retry, so `503 unavailable`, like the token store's outage. It was a `500
-        internal` with a traceback per request: 2,225 feedback and 6 policy changes in a 30 s
-        restart of PostgreSQL under `bench.soak`, while predictions went on unharmed."""
+        caller may retry, so `503 unavailable`, like the token store's outage, not a `500`."""
         first = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
         log.warning("database unreachable on %s %s: %s", request.method, request.path[:200],
                     first[0][:200] if first else exc.__class__.__name__)

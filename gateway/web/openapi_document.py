@@ -16,14 +16,18 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from gateway.serving import dataplane
+from registry import names
+
 OPENAPI_VERSION = "3.0.3"
 JSON = "application/json"
 HTML = "text/html"
 FORM = "application/x-www-form-urlencoded"
 
-MODEL_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-ALIAS_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-REQUEST_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+# the patterns the code enforces, anchored as JSON Schema needs
+MODEL_NAME = f"^{names.MODEL_NAME.pattern}$"
+ALIAS_NAME = f"^{names.ALIAS_NAME.pattern}$"
+REQUEST_ID = f"^{dataplane.REQUEST_ID.pattern}$"
 V2_DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
                 "INT64", "FP16", "FP32", "FP64", "BYTES"]
 
@@ -203,7 +207,7 @@ def _registry_schemas() -> dict[str, Any]:
 
 
 def _schemas() -> dict[str, Any]:
-    version_ref = {"type": "string", "pattern": r"^([0-9]{1,10}|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$",
+    version_ref = {"type": "string", "pattern": f"^([0-9]{{1,10}}|{names.ALIAS_NAME.pattern})$",
                    "description": "A version number (1, 2, ...) or an alias."}
     feedback_item = _obj(
         {"request_id": {"type": "string", "pattern": REQUEST_ID},

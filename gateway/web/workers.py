@@ -132,9 +132,9 @@ class DeadlineSocket:
 
         A response still being written is progress, so it tells the master the worker is alive
         (at most once a second). Stock sync workers only do that between requests, so a long
-        streamed response (an outcomes export of a few hundred thousand rows) outlived the
-        master's `timeout` and was killed mid-body (found by `bench.soak`). A worker stuck
-        without writing is still killed.
+        streamed response (an outcomes export of a few hundred thousand rows) would outlive the
+        master's `timeout` and be killed mid-body. A worker stuck without writing is still
+        killed.
         """
         self._sock.settimeout(self._seconds)
         self._sock.sendall(data)

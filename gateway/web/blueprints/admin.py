@@ -16,7 +16,7 @@ from gateway.web.writes import announce_writes
 from registry import service
 from registry import traffic as traffic_sql
 from registry.errors import InvalidInput, PayloadTooLarge, Unavailable, UnsupportedMediaType
-from registry.names import check_model_name
+from registry.names import check_model_name, check_reason
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.after_request(announce_writes)
@@ -24,13 +24,6 @@ bp.after_request(announce_writes)
 MULTIPART_OVERHEAD = 1024 * 1024
 MAX_METADATA_BYTES = 64 * 1024
 MAX_AUDIT_ID = 2**63 - 1
-
-
-def _reason(body: dict[str, Any]) -> str | None:
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
-        raise InvalidInput("reason must be a string of at most 2000 characters")
-    return reason
 
 
 @bp.get("/models")
@@ -68,10 +61,9 @@ def register_version(name: str) -> Any:
             "send multipart/form-data with the .onnx file in 'file' and JSON in 'metadata'"
         )
     request.max_content_length = limit
-    # Not MAX_METADATA_BYTES: werkzeug 3.1 checks this limit against its multipart decoder's
-    # buffer, which also holds *file* data while it looks for the next boundary (binary bytes
-    # with CR/LF in them), so a 64 KiB value refused real .onnx files of a few MB with 413.
-    # The metadata part's own limit is checked below.
+    # Not MAX_METADATA_BYTES: werkzeug checks this limit against its multipart decoder's
+    # buffer, which also holds *file* data while it looks for the next boundary, so a small
+    # value refuses real .onnx files. The metadata part's own limit is checked below.
     request.max_form_memory_size = limit
     upload = request.files.get("file")
     if upload is None:
@@ -112,7 +104,7 @@ def put_alias(name: str, alias: str) -> Any:
     if "version" not in body:
         raise InvalidInput('send {"version": <integer or alias>}')
     result = service.set_alias(
-        services().db, name, alias, body["version"], g.actor, _reason(body)
+        services().db, name, alias, body["version"], g.actor, check_reason(body.get("reason"))
     )
     return json_response(result)
 
@@ -128,7 +120,8 @@ def archive(name: str, ref: str) -> Any:
     svc = services()
     body = read_json_object(svc.settings.max_body_bytes) if request.content_length else {}
     live = traffic_sql.versions_with_traffic(svc.db, name)
-    record = service.archive_version(svc.db, name, ref, g.actor, _reason(body), live)
+    reason = check_reason(body.get("reason"))
+    record = service.archive_version(svc.db, name, ref, g.actor, reason, live)
     return json_response(record)
 
 
@@ -143,7 +136,7 @@ def put_batching(name: str) -> Any:
     it); `{"enabled": false, "reason": R}` turns it off."""
     svc = services()
     body = read_json_object(svc.settings.max_body_bytes)
-    reason = _reason(body)
+    reason = check_reason(body.get("reason"))
     settings = {key: value for key, value in body.items() if key != "reason"}
     return json_response(service.set_batching(svc.db, name, settings, g.actor, reason))
 
@@ -166,7 +159,7 @@ def put_traffic(name: str) -> Any:
 def rollback(name: str) -> Any:
     svc = services()
     body = read_json_object(svc.settings.max_body_bytes) if request.content_length else {}
-    policy = svc.traffic.rollback(name, g.actor, _reason(body),
+    policy = svc.traffic.rollback(name, g.actor, check_reason(body.get("reason")),
                                   parse_if_match(request.headers.get("If-Match")))
     return json_response(policy, headers={"ETag": f'"{policy["revision"]}"'})
 

@@ -14,7 +14,7 @@ from gateway.outcomes.comparison import compare, window
 from gateway.web.current import services
 from gateway.web.responses import json_response
 from registry.errors import InvalidInput
-from registry.names import MAX_VERSION
+from registry.names import MAX_VERSION, ascii_number
 from registry.outcomes import EXPORT_COLUMNS, check_kind, export_rows
 
 bp = Blueprint("analytics", __name__, url_prefix="/analytics")
@@ -80,13 +80,10 @@ def export(name: str) -> Any:
     since, until = window(args.get("since"), args.get("until"))
     version = None
     if args.get("version"):
-        raw = args["version"]
-        # ASCII digits in the registry's range: "²" passes isdigit() but not int(), and a
-        # number beyond SQL INTEGER fails in the query, after the stream has begun
-        if (not (raw.isascii() and raw.isdigit()) or len(raw) > 10
-                or not 1 <= int(raw) <= MAX_VERSION):
+        # in the registry's range: beyond SQL INTEGER the query fails after the stream began
+        version = ascii_number(args["version"], 10)
+        if version is None or not 1 <= version <= MAX_VERSION:
             raise InvalidInput(f"version must be a version number from 1 to {MAX_VERSION}")
-        version = int(raw)
     rows = export_rows(svc.db, name, since, until, version, check_kind(args.get("kind")))
     body = csv_chunks(rows) if fmt == "csv" else jsonl_chunks(rows)
     mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"

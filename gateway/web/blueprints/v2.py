@@ -21,6 +21,7 @@ from gateway.web.blueprints.predict import routing_key
 from gateway.web.current import services
 from gateway.web.responses import json_response, read_body
 from registry.errors import InvalidInput
+from registry.names import ascii_number
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 health_bp = Blueprint("v2_health", __name__, url_prefix="/v2/health")
@@ -91,11 +92,9 @@ def _infer(name: str, ref: str | None) -> Response:
     raw_length = request.headers.get("Inference-Header-Content-Length")
     header_length = None
     if raw_length is not None:
-        digits = raw_length.strip()
-        # ASCII digits only ("²" is isdigit() but not int()), and no longer than a body size
-        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        header_length = ascii_number(raw_length.strip(), 18)  # no longer than a body size
+        if header_length is None:
             raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
-        header_length = int(digits)
     parsed: dict[str, Any] = {}
 
     def decode(version: VersionInfo) -> tuple[dict[str, Any], list[str] | None]:

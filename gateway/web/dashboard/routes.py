@@ -49,7 +49,7 @@ from gateway.web.errors import error_response
 from gateway.web.writes import announce_writes
 from registry import service, timeseries
 from registry.errors import Conflict, Forbidden, GatewayError, InvalidInput, Unauthorized
-from registry.names import check_model_name
+from registry.names import ascii_number, check_model_name, check_reason
 
 bp = Blueprint("dashboard", __name__)
 bp.after_request(announce_writes)
@@ -64,7 +64,6 @@ TARGET_BUCKETS = 24
 BUCKET_CHOICES = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
                   172800, 259200, 604800)
 MAX_TOKEN_CHARS = 512
-MAX_REASON_CHARS = 2000
 FORM_MIMETYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 # Tableau 10: distinguishable, colour-blind-friendlier than a rainbow; a version keeps its
@@ -753,11 +752,10 @@ for _blueprint in (bp, login_bp):
 
 
 def _hours() -> int:
-    raw = request.values.get("hours", str(DEFAULT_HOURS)).strip()
-    # ASCII digits ("²" passes isdigit() but not int()), short enough for int() in a form
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_HOURS:
+    hours = ascii_number(request.values.get("hours", str(DEFAULT_HOURS)).strip(), 6)
+    if hours is None or not 1 <= hours <= MAX_HOURS:
         raise InvalidInput(f"hours must be a whole number from 1 to {MAX_HOURS}")
-    return int(raw)
+    return hours
 
 
 def _page_url(model: str | None, hours: int) -> str:
@@ -828,10 +826,7 @@ def policy_body(form: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _reason() -> str | None:
-    reason = request.form.get("reason", "").strip()
-    if len(reason) > MAX_REASON_CHARS:
-        raise InvalidInput(f"reason must be at most {MAX_REASON_CHARS} characters")
-    return reason or None
+    return check_reason(request.form.get("reason", "").strip() or None)
 
 
 def _stale(name: str, exc: GatewayError, if_match: int | None) -> str | None:
