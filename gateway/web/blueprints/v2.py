@@ -11,14 +11,13 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, request
 
 from gateway.serving import metadata
 from gateway.serving.catalog import VersionInfo
 from gateway.serving.codecs import decode_v2_request, encode_v2_response
-from gateway.serving.dataplane import request_id_from
-from gateway.web.blueprints.predict import routing_key
 from gateway.web.current import services
+from gateway.web.inference import finish_call, run_call, start_call
 from gateway.web.responses import json_response, read_body
 from registry.errors import InvalidInput
 from registry.names import ascii_number
@@ -88,6 +87,7 @@ def version_ready(name: str, ref: str) -> Any:
 
 def _infer(name: str, ref: str | None) -> Response:
     svc = services()
+    call = start_call(svc)
     body = read_body(svc.settings.max_body_bytes)
     raw_length = request.headers.get("Inference-Header-Content-Length")
     header_length = None
@@ -104,19 +104,11 @@ def _infer(name: str, ref: str | None) -> Response:
         wanted = [o.name for o in req.outputs] if req.outputs is not None else None
         return req.inputs, wanted
 
-    header_id = request.headers.get("X-Request-Id")
-    request_id = request_id_from(header_id, svc.dataplane.fresh_ids)
-    g.request_id = request_id
-    result = svc.dataplane.infer(name, ref, decode, request_id, routing_key(),
-                                 caller_id=header_id is not None, caller=g.get("caller"))
+    result = run_call(svc, call, name, ref, decode)
     req = parsed["request"]
     payload, headers = encode_v2_response(name, result.version, req.id, result.outputs,
                                           req.outputs, req.binary_output_default)
-    headers["X-Model-Version"] = str(result.version)
-    headers["X-Request-Id"] = result.request_id
-    response = Response(payload, status=200, headers=headers)
-    response.call_on_close(result.run_deferred)
-    return response
+    return finish_call(Response(payload, status=200, headers=headers), result)
 
 
 @bp.post("/models/<name>/infer")
