@@ -23,7 +23,7 @@ from gateway.outcomes.feedback import FeedbackDesk
 from gateway.outcomes.log import OutcomeLog
 from gateway.prometheus_metrics import Metrics
 from gateway.serving.catalog import Catalog
-from gateway.serving.codecs import Limits
+from gateway.serving.codecs.tensors import Limits
 from gateway.serving.dataplane import DataPlane
 from gateway.serving.readiness import Readiness
 from gateway.serving.registry_sync import RegistryAnnouncer

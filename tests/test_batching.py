@@ -20,7 +20,7 @@ from bench.mlp import build_mlp
 from gateway.cli.main import main as cli_main
 from gateway.serving.batching import Batcher, BatchSettings, merge_refusal
 from gateway.serving.catalog import VersionInfo
-from gateway.serving.codecs import TensorSpec
+from gateway.serving.codecs.tensors import TensorSpec
 from gateway.serving.runtime import ModelRuntime
 from registry import service
 from registry.inspect_onnx import inspect_model, session_options

@@ -18,17 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gateway.serving.codecs import (
-    NUMPY_TO_V2,
-    V2_TO_NUMPY,
-    Limits,
+from gateway.serving.codecs.predict_json import decode_json_inputs, outputs_for_json
+from gateway.serving.codecs.tensors import NUMPY_TO_V2, V2_TO_NUMPY, Limits, TensorSpec
+from gateway.serving.codecs.v2 import (
     RequestedOutput,
-    TensorSpec,
     V2Request,
-    decode_json_inputs,
     decode_v2_request,
     encode_v2_response,
-    outputs_for_json,
 )
 from registry.errors import InvalidInput
 

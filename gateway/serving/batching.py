@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.serving.codecs import TensorSpec
+from gateway.serving.codecs.tensors import TensorSpec
 from registry.errors import GatewayError
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from gateway.per_process import OncePerProcess
 from gateway.serving.batching import BatchSettings
-from gateway.serving.codecs import TensorSpec
+from gateway.serving.codecs.tensors import TensorSpec
 from registry.db import Database
 from registry.errors import UnknownModel, UnknownVersion
 from registry.names import check_model_name, parse_version_ref

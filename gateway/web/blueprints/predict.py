@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from gateway.serving.codecs import decode_json_inputs, outputs_for_json
+from gateway.serving.codecs.predict_json import decode_json_inputs, outputs_for_json
 from gateway.web.current import services
 from gateway.web.inference import finish_call, run_call, start_call
 from gateway.web.responses import json_response, read_json_object

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, request
 
 from gateway.serving import metadata
 from gateway.serving.catalog import VersionInfo
-from gateway.serving.codecs import decode_v2_request, encode_v2_response
+from gateway.serving.codecs.v2 import decode_v2_request, encode_v2_response
 from gateway.web.current import services
 from gateway.web.inference import finish_call, run_call, start_call
 from gateway.web.responses import json_response, read_body
