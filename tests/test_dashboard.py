@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import onnx
 import pytest
 
-from gateway.web.dashboard.routes import (
+from gateway.web.dashboard.charts import (
     ChartSpec,
     Series,
     TimeAxis,
