@@ -29,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.traffic.policy import TrafficPolicy
+from registry.records import OutcomeRow
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
@@ -185,7 +186,7 @@ class Metrics:
                 self._children[key] = children
         return children
 
-    def outcome(self, row: dict[str, Any]) -> None:
+    def outcome(self, row: OutcomeRow) -> None:
         requests, latency, model_latency, shadow_runs = self._outcome_children(
             row["model"], row["version"], row["kind"], row["status"])
         requests.inc()
@@ -196,8 +197,9 @@ class Metrics:
             shadow_runs.inc()
             return
         latency.observe(row["latency_ms"] / 1000)
-        if row.get("model_ms") is not None:
-            model_latency.observe(row["model_ms"] / 1000)
+        model_ms = row["model_ms"]
+        if model_ms is not None:
+            model_latency.observe(model_ms / 1000)
 
     def render(self) -> tuple[bytes, str]:
         registry = CollectorRegistry()

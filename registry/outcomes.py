@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlalchemy.orm import aliased
 
 from registry.db import Database
 from registry.errors import Conflict, InvalidInput
+from registry.records import OutcomeRow
 from registry.tables import Alias, Feedback, Model, Outcome
 
 OUTCOME_COLUMNS = tuple(c.name for c in Outcome.__table__.columns if c.name != "id")
@@ -61,7 +62,7 @@ def _json(value: Any) -> str | None:
         value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-def insert_outcomes(db: Database, rows: list[dict[str, Any]]) -> int:
+def insert_outcomes(db: Database, rows: Sequence[OutcomeRow]) -> int:
     """Bulk insert that bypasses the ORM, in one statement per batch on both databases.
 
     Through the ORM a row cost about 70 µs, which would make the outcome log, not inference,

@@ -8,13 +8,14 @@ caller read; otherwise it is a `Conflict` and the caller re-reads.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.db import Database
 from registry.errors import Conflict, NotFound
+from registry.records import RolloutRecord, RolloutState
 from registry.service import audit, iso
 from registry.tables import AuditEntry, Model, Rollout, utcnow
 from registry.traffic import _model
@@ -23,22 +24,22 @@ ACTIVE = ("running", "paused")
 FINISHED = ("completed", "rolled_back", "aborted")
 
 
-def record(name: str, row: Rollout) -> dict[str, Any]:
+def record(name: str, row: Rollout) -> RolloutRecord:
     steps = [int(s) for s in row.steps]
     return {
         "id": row.id,
         "model": name,
         "candidate": row.candidate,
         "baseline": row.baseline,
-        "state": row.state,
+        "state": cast(RolloutState, row.state),
         "steps": steps,
         "step_index": row.step_index,
         "weight": steps[row.step_index],
         "params": row.params,
         "previous_policy": row.previous_policy,
         "revision": row.revision,
-        "started_at": iso(row.started_at),
-        "step_started_at": iso(row.step_started_at),
+        "started_at": cast(str, iso(row.started_at)),  # NOT NULL columns
+        "step_started_at": cast(str, iso(row.step_started_at)),
         "updated_at": iso(row.updated_at),
         "finished_at": iso(row.finished_at),
         "created_by": row.created_by,
@@ -55,7 +56,7 @@ def _active(session: Session, model: Model) -> Rollout | None:
 
 def create(db: Database, name: str, candidate: int, baseline: int, steps: list[int],
            params: dict[str, Any], previous_policy: dict[str, Any], actor: str,
-           reason: str | None) -> dict[str, Any]:
+           reason: str | None) -> RolloutRecord:
     """A new running rollout at its first step; refused while another one is active."""
     with db.session() as session:
         model = _model(session, name, lock=True)
@@ -81,7 +82,7 @@ def discard(db: Database, rollout_id: int) -> None:
             session.delete(row)
 
 
-def current(db: Database, name: str) -> dict[str, Any] | None:
+def current(db: Database, name: str) -> RolloutRecord | None:
     """The active rollout, else the newest finished one, else None."""
     with db.read() as session:
         model = _model(session, name)
@@ -100,7 +101,8 @@ def running_models(db: Database) -> list[str]:
 
 def update(db: Database, name: str, rollout_id: int, expect_state: str, expect_step: int,
            actor: str, action: str | None, changes: dict[str, Any],
-           detail: dict[str, Any] | None = None, reason: str | None = None) -> dict[str, Any]:
+           detail: dict[str, Any] | None = None, reason: str | None = None
+           ) -> RolloutRecord:
     """Apply `changes` if the rollout is still `expect_state` at `expect_step`; audit `action`
     (None: record without an audit entry, for repeated holds)."""
     with db.session() as session:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -28,6 +28,7 @@ from registry.errors import (
 )
 from registry.inspect_onnx import InvalidModel, inspect_model
 from registry.names import check_alias_name, check_model_name, parse_version_ref
+from registry.records import Stage, VersionRecord
 from registry.store import ArtifactStore, ArtifactStoreFull, ArtifactStoreUnwritable
 from registry.tables import Alias, AuditEntry, Model, ModelVersion, utcnow
 
@@ -159,7 +160,7 @@ def _aliases_by_version(session: Session, model: Model) -> dict[int, list[str]]:
     return out
 
 
-def version_record(row: ModelVersion, model_name: str, aliases: list[str]) -> dict[str, Any]:
+def version_record(row: ModelVersion, model_name: str, aliases: list[str]) -> VersionRecord:
     return {
         "model": model_name,
         "version": row.version,
@@ -168,7 +169,7 @@ def version_record(row: ModelVersion, model_name: str, aliases: list[str]) -> di
         "inputs": row.inputs,
         "outputs": row.outputs,
         "opset": row.opset,
-        "stage": row.stage,
+        "stage": cast(Stage, row.stage),
         "created_at": iso(row.created_at),
         "created_by": row.created_by,
         "description": row.description,
@@ -190,7 +191,7 @@ def register_version(
     metadata: Any,
     actor: str,
     max_bytes: int,
-) -> dict[str, Any]:
+) -> VersionRecord:
     """Validate, store and record a new version; nothing is stored for a refused file."""
     check_model_name(name)
     meta = check_metadata(metadata)
@@ -228,7 +229,7 @@ def _insert_version(
     signature: Any,
     meta: dict[str, Any],
     actor: str,
-) -> dict[str, Any]:
+) -> VersionRecord:
     model = session.scalar(select(Model).where(Model.name == name).with_for_update())
     if model is None:
         model = Model(name=name)
@@ -329,7 +330,7 @@ def delete_alias(
 def archive_version(
     db: Database, name: str, ref: Any, actor: str, reason: str | None,
     live_versions: set[int] | None = None,
-) -> dict[str, Any]:
+) -> VersionRecord:
     """Stop a version taking traffic. `live_versions` are those the live policy still uses."""
     with db.session() as session:
         model = _model_or_404(session, name)
@@ -418,7 +419,7 @@ def set_model_setting(db: Database, name: str, column: str, value: Any, actor: s
               detail={"from": previous, "to": value})
 
 
-def get_version(db: Database, name: str, ref: Any) -> dict[str, Any]:
+def get_version(db: Database, name: str, ref: Any) -> VersionRecord:
     """The version record with its lineage: ancestors (parent first) and direct children."""
     with db.read() as session:
         model = _model_or_404(session, name)

@@ -7,7 +7,7 @@ both create revision N.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,11 +15,12 @@ from sqlalchemy.orm import Session
 from registry.db import Database
 from registry.errors import Conflict, UnknownModel
 from registry.names import check_model_name
+from registry.records import PolicyAction, PolicyRecord
 from registry.service import audit, iso
 from registry.tables import Model, TrafficRevision
 
 
-def policy_dict(model: str, row: TrafficRevision) -> dict[str, Any]:
+def policy_dict(model: str, row: TrafficRevision) -> PolicyRecord:
     return {
         "model": model,
         "revision": row.revision,
@@ -28,7 +29,7 @@ def policy_dict(model: str, row: TrafficRevision) -> dict[str, Any]:
         "updated_at": iso(row.updated_at),
         "updated_by": row.updated_by,
         "reason": row.reason,
-        "action": row.action,
+        "action": cast(PolicyAction, row.action),  # written only by append_revision
     }
 
 
@@ -53,13 +54,13 @@ def _newest(session: Session, model: Model, offset: int = 0) -> TrafficRevision 
     )
 
 
-def live_policy(db: Database, name: str) -> dict[str, Any] | None:
+def live_policy(db: Database, name: str) -> PolicyRecord | None:
     with db.read() as session:
         row = _newest(session, _model(session, name))
         return policy_dict(name, row) if row else None
 
 
-def all_live_policies(db: Database) -> list[dict[str, Any]]:
+def all_live_policies(db: Database) -> list[PolicyRecord]:
     with db.read() as session:
         out = []
         for model in session.scalars(select(Model).order_by(Model.name)):
@@ -69,7 +70,7 @@ def all_live_policies(db: Database) -> list[dict[str, Any]]:
         return out
 
 
-def history(db: Database, name: str, limit: int = 100) -> list[dict[str, Any]]:
+def history(db: Database, name: str, limit: int = 100) -> list[PolicyRecord]:
     with db.read() as session:
         model = _model(session, name)
         rows = session.scalars(
@@ -89,9 +90,9 @@ def append_revision(
     actor: str,
     reason: str | None,
     if_match: int | None,
-    action: str = "set",
+    action: PolicyAction = "set",
     gate_override: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> PolicyRecord:
     """Append the next revision; `gate_override` (the gate failures a forced change overrode) is
     audited in the same transaction, so there is never an override without its revision."""
     with db.session() as session:
@@ -118,7 +119,7 @@ def append_revision(
         return policy_dict(name, row)
 
 
-def rollback_target(db: Database, name: str) -> tuple[dict[str, Any], int]:
+def rollback_target(db: Database, name: str) -> tuple[PolicyRecord, int]:
     """The revision before the live one (what a rollback restores) and the live revision."""
     with db.read() as session:
         model = _model(session, name)

@@ -15,6 +15,7 @@ from gateway.settings import Settings
 from registry import service, tokens
 from registry.db import Database
 from registry.migrate import upgrade
+from registry.records import PolicyRecord
 from registry.store import ArtifactStore
 
 MODEL = "digits"
@@ -89,7 +90,7 @@ def predict_curl(base: str, token: str, row: Any) -> str:
             f"-d '{body}' {base}/predict")
 
 
-def demo_policy(services: Services, numbers: dict[str, int]) -> dict[str, Any]:
+def demo_policy(services: Services, numbers: dict[str, int]) -> PolicyRecord:
     """90/10 between logreg and mlp with forest as a 100% shadow, set once (re-runs keep the
     policy a person may have changed since)."""
     from registry.traffic import live_policy

@@ -12,9 +12,10 @@ from typing import Any
 from gateway.cli.common import CliError, Context, actor, emit, format_table
 from gateway.lifecycle import summary
 from registry import evaluations, service
+from registry.records import VersionRecord
 
 
-def _dataset(ctx: Context, path: str, record: dict[str, Any]) -> Any:
+def _dataset(ctx: Context, path: str, record: VersionRecord) -> Any:
     from gateway.lifecycle.datasets import load_dataset
     from gateway.lifecycle.evaluation import single_input_name
 

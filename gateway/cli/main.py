@@ -115,15 +115,16 @@ def cmd_models_show(ctx: Context, args: argparse.Namespace) -> None:
         emit(args, models[0], lambda m: _batching_text(m["model"], m["batching"]) + "\n"
              + _versions_table(m["versions"]))
         return
-    record = service.get_version(ctx.db, args.name, args.version)
-    batching = service.get_batching(ctx.db, args.name)
-    record["batching"] = ({"max_batch": batching["max_batch"],
-                           "max_wait_us": batching["max_wait_us"]}
-                          if batching["enabled"] else None)
     from gateway.lifecycle.summary import version_summary
 
-    record.update(version_summary(ctx.db, args.name, record))
-    emit(args, record, _record_text)
+    record = service.get_version(ctx.db, args.name, args.version)
+    batching = service.get_batching(ctx.db, args.name)
+    shown: dict[str, Any] = {
+        **record, "batching": ({"max_batch": batching["max_batch"],
+                                "max_wait_us": batching["max_wait_us"]}
+                               if batching["enabled"] else None),
+        **version_summary(ctx.db, args.name, record)}
+    emit(args, shown, _record_text)
 
 
 def _batching_summary(value: dict[str, Any] | None) -> str:

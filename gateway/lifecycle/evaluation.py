@@ -23,6 +23,7 @@ from registry import evaluations, service
 from registry.db import Database
 from registry.errors import InsufficientStorage, InvalidInput, Unavailable
 from registry.inspect_onnx import InvalidModel, refuse_external_data, session_options
+from registry.records import VersionRecord
 from registry.store import ArtifactError, ArtifactStore, ArtifactStoreFull
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ WARMUP_RUNS = 10
 INPUT_DTYPES: dict[str, type[np.floating[Any]]] = {"FP32": np.float32, "FP64": np.float64}
 
 
-def single_input_name(record: dict[str, Any]) -> str | None:
+def single_input_name(record: VersionRecord) -> str | None:
     """The name of the version's only input (what a `.npz` may call its features), if one."""
     inputs = record["inputs"]
     return inputs[0]["name"] if len(inputs) == 1 else None
@@ -53,7 +54,7 @@ def load_session(store: ArtifactStore, sha256: str) -> ort.InferenceSession:
                                 providers=["CPUExecutionProvider"])
 
 
-def check_fits(record: dict[str, Any], dataset: Dataset) -> tuple[str, type[np.floating[Any]]]:
+def check_fits(record: VersionRecord, dataset: Dataset) -> tuple[str, type[np.floating[Any]]]:
     """The input name and dtype the dataset's rows are fed as, or why they cannot be."""
     where = f"{record['model']} version {record['version']}"
     inputs = record["inputs"]
@@ -121,7 +122,7 @@ def one_row_latencies(session: ort.InferenceSession, input_name: str, X: np.ndar
     return seconds
 
 
-def measure(record: dict[str, Any], session: ort.InferenceSession,
+def measure(record: VersionRecord, session: ort.InferenceSession,
             dataset: Dataset) -> dict[str, Any]:
     """The metrics of one version on one dataset (nothing recorded)."""
     input_name, dtype = check_fits(record, dataset)

@@ -132,7 +132,8 @@ def champion_version(db: Database, model: str) -> int | None:
         if aliased is not None:
             return int(aliased)
     policy = sql_traffic.live_policy(db, model)
-    live = [(int(v), int(w)) for v, w in (policy or {}).get("weights", {}).items() if w > 0]
+    weights = policy["weights"] if policy is not None else {}
+    live = [(int(v), int(w)) for v, w in weights.items() if w > 0]
     if not live:
         return None
     return min(live, key=lambda vw: (-vw[1], vw[0]))[0]

@@ -26,6 +26,7 @@ from gateway.lifecycle.summary import vs_parent
 from registry import evaluations, service
 from registry.db import Database
 from registry.errors import InvalidInput, Unavailable
+from registry.records import VersionRecord
 from registry.store import ArtifactError, ArtifactStore
 
 WEIGHT_TYPE = "QInt8"
@@ -105,7 +106,7 @@ def quantize_bytes(data: bytes, where: str) -> bytes:
     return quantized
 
 
-def _parent_dataset(db: Database, store: ArtifactStore, model: str, parent: dict[str, Any],
+def _parent_dataset(db: Database, store: ArtifactStore, model: str, parent: VersionRecord,
                     max_bytes: int) -> Dataset:
     """The dataset of the parent's latest evaluation, read back from the store."""
     latest = evaluations.latest_evaluation(db, model, parent["version"])

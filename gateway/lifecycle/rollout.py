@@ -48,6 +48,7 @@ from registry import service
 from registry.db import Database
 from registry.errors import Conflict, GatewayError, InvalidInput, NotFound, Unavailable
 from registry.names import check_reason
+from registry.records import PolicyRecord, RolloutAction, RolloutRecord, RolloutState
 from registry.service import iso
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ class Rollouts:
 
     # ---- ops -------------------------------------------------------------------------------
 
-    def start(self, model: str, body: Any, actor: str) -> dict[str, Any]:
+    def start(self, model: str, body: Any, actor: str) -> RolloutRecord:
         plan = parse_plan(body)
         entry = self.catalog.read_model(model)
         candidate = self._version(entry, plan.candidate, "candidate")
@@ -354,7 +355,7 @@ class Rollouts:
             raise InvalidInput(f"{what}: {exc.message}") from None
         return info.version
 
-    def _baseline(self, entry: ModelEntry, live: dict[str, Any]) -> int:
+    def _baseline(self, entry: ModelEntry, live: PolicyRecord) -> int:
         """What serves now: the champion if it has weight, else the heaviest version, else
         (no policy yet) the newest live version."""
         weights = {int(v): w for v, w in live["weights"].items() if w > 0}
@@ -368,7 +369,7 @@ class Rollouts:
             raise Conflict(f"model {entry.name!r} has no version serving to compare with")
         return latest.version
 
-    def status(self, model: str) -> dict[str, Any]:
+    def status(self, model: str) -> RolloutRecord:
         self.catalog.read_model(model)
         current = rollouts_sql.current(self.db, model)
         if current is None:
@@ -377,14 +378,14 @@ class Rollouts:
         current["decisions"] = rollouts_sql.decisions(self.db, model, current["id"])
         return current
 
-    def _active(self, model: str) -> dict[str, Any]:
+    def _active(self, model: str) -> RolloutRecord:
         current = rollouts_sql.current(self.db, model)
         if current is None or current["state"] not in rollouts_sql.ACTIVE:
             raise Conflict(f"model {model!r} has no active rollout")
         return current
 
     @contextlib.contextmanager
-    def _ops_change(self, model: str, expect: str | None) -> Iterator[dict[str, Any]]:
+    def _ops_change(self, model: str, expect: RolloutState | None) -> Iterator[RolloutRecord]:
         """The active rollout, read under the model's lock (waiting briefly for a look in
         progress); `expect` None accepts running and paused alike."""
         self.catalog.read_model(model)
@@ -397,22 +398,22 @@ class Rollouts:
         finally:
             self._release(lock)
 
-    def _ops_update(self, model: str, current: dict[str, Any], actor: str, action: str,
-                    changes: dict[str, Any], reason: str | None, text: str
-                    ) -> dict[str, Any]:
+    def _ops_update(self, model: str, current: RolloutRecord, actor: str,
+                    action: RolloutAction, changes: dict[str, Any], reason: str | None,
+                    text: str) -> RolloutRecord:
         return rollouts_sql.update(
             self.db, model, current["id"], current["state"], current["step_index"], actor,
             f"rollout.{action}",
             {**changes, "last_decision": {"action": action, "reason": reason or text}},
             reason=reason)
 
-    def pause(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
+    def pause(self, model: str, actor: str, reason: Any = None) -> RolloutRecord:
         reason = check_reason(reason)
         with self._ops_change(model, "running") as current:
             return self._ops_update(model, current, actor, "pause", {"state": "paused"},
                                     reason, "paused by ops")
 
-    def resume(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
+    def resume(self, model: str, actor: str, reason: Any = None) -> RolloutRecord:
         """Continue at the current step, re-applying its weights over whatever is live."""
         reason = check_reason(reason)
         with self._ops_change(model, "paused") as current:
@@ -425,7 +426,7 @@ class Rollouts:
                                     {"state": "running", "revision": policy["revision"]},
                                     reason, "resumed by ops")
 
-    def abort(self, model: str, actor: str, reason: Any = None) -> dict[str, Any]:
+    def abort(self, model: str, actor: str, reason: Any = None) -> RolloutRecord:
         """Stop and put the policy from before the rollout back."""
         reason = check_reason(reason)
         with self._ops_change(model, None) as current:
@@ -435,7 +436,7 @@ class Rollouts:
                                     {"state": "aborted", "finished_at": datetime.now(UTC),
                                      "revision": revision}, reason, "aborted by ops")
 
-    def _restore(self, model: str, current: dict[str, Any], actor: str, reason: str,
+    def _restore(self, model: str, current: RolloutRecord, actor: str, reason: str,
                  if_match: int | None) -> int:
         """Put the pre-rollout weights back; forced past the gate, because the way back must
         always be open (the override is audited like any other)."""
@@ -472,7 +473,7 @@ class Rollouts:
         finally:
             self._release(lock)
 
-    def observe(self, model: str, current: dict[str, Any]) -> Observed:
+    def observe(self, model: str, current: RolloutRecord) -> Observed:
         candidate, baseline = current["candidate"], current["baseline"]
         since = _parse_ts(current["started_at"])
         rows = {r["version"]: r for r in outcomes_sql.primary_stats(self.db, model, since, None)}
@@ -497,7 +498,7 @@ class Rollouts:
                                                    since, None, quantiles=(0.99,)).get("p99")
         return Observed(cand["requests"], cand["errors"], cand_arm, base_arm, step_samples, p99)
 
-    def _look(self, model: str, current: dict[str, Any]) -> Decision:
+    def _look(self, model: str, current: RolloutRecord) -> Decision:
         rid, step = current["id"], current["step_index"]
         live = self.traffic.show(model)
         if live["revision"] != current["revision"]:

@@ -13,9 +13,10 @@ from typing import Any
 from gateway.lifecycle.gate import check_gate
 from registry import evaluations, service
 from registry.db import Database
+from registry.records import VersionRecord
 
 
-def vs_parent(parent: dict[str, Any], parent_eval: dict[str, Any], child: dict[str, Any],
+def vs_parent(parent: VersionRecord, parent_eval: dict[str, Any], child: VersionRecord,
               child_eval: dict[str, Any]) -> dict[str, Any]:
     """Size and latency of the child as ratios of the parent's, accuracy as a difference; the
     caller passes two evaluations on the same dataset."""
@@ -41,7 +42,7 @@ def vs_parent(parent: dict[str, Any], parent_eval: dict[str, Any], child: dict[s
     }
 
 
-def version_summary(db: Database, model: str, record: dict[str, Any]) -> dict[str, Any]:
+def version_summary(db: Database, model: str, record: VersionRecord) -> dict[str, Any]:
     """`evaluation`, `gate` and `vs_parent` of a version record (each None when there is
     nothing to say)."""
     latest = evaluations.latest_evaluation(db, model, record["version"])

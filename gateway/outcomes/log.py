@@ -30,7 +30,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -41,6 +41,7 @@ from gateway.per_process import OncePerProcess
 from gateway.prometheus_metrics import Metrics
 from registry.db import Database
 from registry.outcomes import insert_outcomes
+from registry.records import OutcomeRow
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def summarise_prediction(outputs: dict[str, np.ndarray]) -> tuple[dict[str, Any]
     return summary, label
 
 
-def complete_row(row: dict[str, Any]) -> dict[str, Any]:
+def complete_row(row: OutcomeRow) -> OutcomeRow:
     """Fill `prediction` and `predicted_label` from the raw `outputs` a request left behind,
     and `inputs` (rows of features) from the arrays of a request sampled for drift.
 
@@ -95,8 +96,9 @@ def complete_row(row: dict[str, Any]) -> dict[str, Any]:
         outputs = row.pop("outputs")
         row["prediction"], row["predicted_label"] = (
             summarise_prediction(outputs) if outputs is not None else (None, None))
-    if isinstance(row.get("inputs"), tuple):  # sampled for drift: arrays in signature order
-        row["inputs"] = logged_rows(row["inputs"])
+    sampled = row["inputs"]
+    if isinstance(sampled, tuple):  # sampled for drift: arrays in signature order
+        row["inputs"] = logged_rows(sampled)
     return row
 
 
@@ -117,7 +119,7 @@ class OutcomeLog:
         if max_buffer < 1:
             raise ValueError(f"max_buffer must be >= 1, got {max_buffer}")
         self.max_buffer = max_buffer
-        self._buffer: deque[dict[str, Any]] = deque()
+        self._buffer: deque[OutcomeRow] = deque()
         # held only for a few deque operations: it makes "full, so drop the oldest" exact
         self._buffer_lock = threading.Lock()
         self._started = OncePerProcess()
@@ -137,7 +139,7 @@ class OutcomeLog:
 
     # -- hot path ----------------------------------------------------------------------------
 
-    def record(self, row: dict[str, Any]) -> None:
+    def record(self, row: OutcomeRow) -> None:
         """Buffer a row; when the buffer is full, drop the oldest one to make room (never wait:
         the caller is a request thread)."""
         self._ensure_started()
@@ -158,10 +160,10 @@ class OutcomeLog:
             # database; it retries on its own tick.
             self._wake.set()
 
-    def find_pending(self, request_id: str) -> list[dict[str, Any]]:
+    def find_pending(self, request_id: str) -> list[OutcomeRow]:
         """Completed copies of the rows for a request id that the flusher has not taken yet
         (feedback looks here for a request answered a moment ago)."""
-        return [complete_row(dict(row)) for row in list(self._buffer)
+        return [complete_row(row.copy()) for row in list(self._buffer)
                 if row["request_id"] == request_id]
 
     def depth(self) -> int:
@@ -179,7 +181,7 @@ class OutcomeLog:
     def start(self) -> None:
         self._ensure_started()
 
-    def _take(self) -> list[dict[str, Any]]:
+    def _take(self) -> list[OutcomeRow]:
         # popped under the lock (a full buffer's record() pops too), summarised outside it
         with self._buffer_lock:
             raw = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
@@ -229,7 +231,7 @@ class OutcomeLog:
             self._metrics.flush_lag.set(max(0.0, time.time() - self.last_ok_at))
             self._metrics.spool_files.set(self.spool_files())
 
-    def _write(self, batch: list[dict[str, Any]]) -> bool:
+    def _write(self, batch: list[OutcomeRow]) -> bool:
         """Insert the batch, else spool it; False when neither worked and it was kept."""
         try:
             insert_outcomes(self._db, batch)
@@ -246,7 +248,7 @@ class OutcomeLog:
             self.db_ok = False
             return self._spool_batch(batch)
 
-    def _spool_batch(self, batch: list[dict[str, Any]]) -> bool:
+    def _spool_batch(self, batch: list[OutcomeRow]) -> bool:
         """Write the batch as one complete spool file, or leave no file at all and keep the
         rows in memory (returns False)."""
         name = f"{os.getpid()}-{time.time_ns()}.jsonl"
@@ -279,7 +281,7 @@ class OutcomeLog:
         self.spooled += len(batch)
         return True
 
-    def _keep(self, batch: list[dict[str, Any]]) -> None:
+    def _keep(self, batch: list[OutcomeRow]) -> None:
         """Put a batch that found no home back in front (its rows are the oldest), then drop
         the oldest rows beyond the bound."""
         with self._buffer_lock:
@@ -369,10 +371,12 @@ def _jsonable(value: Any) -> Any:
     raise TypeError
 
 
-def _from_json(row: dict[str, Any]) -> dict[str, Any]:
+def _from_json(row: dict[str, Any]) -> OutcomeRow:
+    """A spooled row back as the flusher wrote it (older spools may lack newer keys: every
+    column is read with `get` on insert)."""
     if isinstance(row.get("ts"), str):
         row["ts"] = datetime.fromisoformat(row["ts"])
-    return row
+    return cast(OutcomeRow, row)
 
 
 def now() -> datetime:

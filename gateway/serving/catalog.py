@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -39,6 +39,7 @@ from registry.tables import Alias, AuditEntry, Model, ModelVersion
 
 log = logging.getLogger(__name__)
 
+PinReason = Literal["pin", "alias"]  # a subset of registry.records.Reason
 MISS_LOOKUPS_PER_SECOND = 20.0  # per worker; a burst of this many is allowed at once
 
 
@@ -263,7 +264,7 @@ class Catalog:
             raise UnknownModel(f"model {name!r} is not registered")
         return entry
 
-    def version(self, name: str, ref: str | int) -> tuple[VersionInfo, str]:
+    def version(self, name: str, ref: str | int) -> tuple[VersionInfo, PinReason]:
         """Resolve an explicit version or alias; returns the version and `pin` or `alias`."""
         parsed = parse_version_ref(ref)
         entry = self.model(name)
@@ -280,12 +281,12 @@ class Catalog:
         self._install(entry)
         return entry
 
-    def read_version(self, entry: ModelEntry, ref: str | int) -> tuple[VersionInfo, str]:
+    def read_version(self, entry: ModelEntry, ref: str | int) -> tuple[VersionInfo, PinReason]:
         """Resolve a version or alias in an entry from `read_model`."""
         return self._resolve(entry, parse_version_ref(ref))
 
     @classmethod
-    def _resolve(cls, entry: ModelEntry, parsed: int | str) -> tuple[VersionInfo, str]:
+    def _resolve(cls, entry: ModelEntry, parsed: int | str) -> tuple[VersionInfo, PinReason]:
         found = cls._lookup(entry, parsed)
         if found is None:
             raise UnknownVersion(f"model {entry.name!r} has no version or alias {parsed!r}")

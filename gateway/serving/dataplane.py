@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -27,6 +26,7 @@ from gateway.serving.shadow import ShadowPool
 from gateway.traffic.policy import choose_version, shadow_draws
 from gateway.traffic.sync import PolicyCache
 from registry.errors import Conflict, GatewayError, InvalidInput, Unavailable
+from registry.records import Kind, OutcomeRow, Reason
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -46,7 +46,7 @@ def request_id_from(header: str | None, fresh: Callable[[], str]) -> str:
 @dataclass(frozen=True)
 class Choice:
     version: VersionInfo
-    reason: str  # weight | sticky | pin | alias | default
+    reason: Reason
     revision: int | None
     shadows: tuple[VersionInfo, ...] = ()
 
@@ -56,7 +56,7 @@ class InferenceResult:
     request_id: str
     model: str
     version: int
-    reason: str
+    reason: Reason
     revision: int | None
     outputs: dict[str, np.ndarray]
     model_ms: float
@@ -105,13 +105,13 @@ class DataPlane:
         policy = self.policies.get(model)
         revision = policy.revision if policy is not None else None
         if version_ref is not None:
-            version, reason = self.catalog.version(model, version_ref.strip())
-            return Choice(version, reason, revision)
+            version, pinned = self.catalog.version(model, version_ref.strip())
+            return Choice(version, pinned, revision)
         if policy is not None and policy.live:
-            number, reason = choose_version(policy, routing_key)
+            number, routed = choose_version(policy, routing_key)
             version, _ = self.catalog.version(model, number)
             shadows = tuple(self.catalog.version(model, v)[0] for v in shadow_draws(policy))
-            return Choice(version, reason, revision, shadows)
+            return Choice(version, routed, revision, shadows)
         latest = self.catalog.model(model).latest_live
         if latest is None:
             raise Unavailable(f"model {model!r} has no version that can serve (all archived)")
@@ -168,16 +168,16 @@ class DataPlane:
             return None
         return tuple(inputs[spec.name] for spec in version.inputs if spec.name in inputs)
 
-    def _record(self, row: dict[str, Any]) -> None:
+    def _record(self, row: OutcomeRow) -> None:
         self.outcomes.record(row)
         self.metrics.outcome(row)
 
-    def _row(self, model: str, request_id: str, version: int, kind: str, reason: str,
+    def _row(self, model: str, request_id: str, version: int, kind: Kind, reason: Reason,
              revision: int | None, started: float, status: int = 200,
              error_code: str | None = None, model_ms: float | None = None,
              outputs: dict[str, np.ndarray] | None = None, fingerprint: str | None = None,
              inputs: tuple[np.ndarray, ...] | None = None, caller: str | None = None
-             ) -> dict[str, Any]:
+             ) -> OutcomeRow:
         return {
             "request_id": request_id, "model": model,
             "version": version, "kind": kind, "reason": reason, "revision": revision,

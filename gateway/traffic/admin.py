@@ -24,6 +24,7 @@ from registry import traffic as sql_traffic
 from registry.db import Database
 from registry.errors import Conflict, GatewayError, InvalidInput, NotFound, Unavailable
 from registry.names import ascii_number
+from registry.records import PolicyRecord
 
 REDIS_DOWN = ("Redis is unreachable, so traffic changes are refused until it returns; requests "
               "are still served on the last policy each worker knows")
@@ -51,7 +52,7 @@ class TrafficAdmin:
         self.channel = channel
         self.cache = cache
 
-    def show(self, model: str) -> dict[str, Any]:
+    def show(self, model: str) -> PolicyRecord:
         try:
             self.catalog.read_model(model)  # 404 for unknown models
         except SQLAlchemyError:  # the registry is down: this worker's copy says what exists
@@ -73,7 +74,7 @@ class TrafficAdmin:
         return {"model": model, "revision": 0, "weights": {}, "shadow": {}, "updated_at": None,
                 "updated_by": None, "reason": None}
 
-    def history(self, model: str, limit: int = 100) -> list[dict[str, Any]]:
+    def history(self, model: str, limit: int = 100) -> list[PolicyRecord]:
         return sql_traffic.history(self.db, model, limit)
 
     def _resolve(self, entry: ModelEntry, refs: dict[str, Any], what: str) -> dict[int, Any]:
@@ -103,7 +104,7 @@ class TrafficAdmin:
                     "a policy can only mix versions that accept the same requests"
                 )
 
-    def _publish(self, policy: dict[str, Any]) -> dict[str, Any]:
+    def _publish(self, policy: PolicyRecord) -> PolicyRecord:
         if self.channel is None:
             return TrafficPolicy.from_dict(policy).to_dict()
         try:
@@ -118,7 +119,7 @@ class TrafficAdmin:
             self.cache.apply(live)
         return live.to_dict()
 
-    def set(self, model: str, body: Any, actor: str, if_match: int | None) -> dict[str, Any]:
+    def set(self, model: str, body: Any, actor: str, if_match: int | None) -> PolicyRecord:
         if not isinstance(body, dict):
             raise InvalidInput("the body must be a JSON object with weights, shadow, reason")
         weights, shadow, reason = parse_policy_body(body)
@@ -159,7 +160,7 @@ class TrafficAdmin:
         return {"failures": failures, "versions": sorted(weighted)}
 
     def rollback(self, model: str, actor: str, reason: str | None,
-                 if_match: int | None = None) -> dict[str, Any]:
+                 if_match: int | None = None) -> PolicyRecord:
         entry = self.catalog.read_model(model)
         if self.channel is not None and not self.channel.ping():
             raise Unavailable(REDIS_DOWN)

@@ -16,10 +16,11 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from registry.errors import InvalidInput
 from registry.names import check_reason
+from registry.records import PolicyRecord
 
 MAX_WEIGHT = 1_000_000
 
@@ -38,7 +39,9 @@ class TrafficPolicy:
     published_at: float | None = None  # when it was written to Redis (epoch seconds)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrafficPolicy:
+    def from_dict(cls, data: PolicyRecord | dict[str, Any]) -> TrafficPolicy:
+        """From a record, or from the JSON document in Redis (which adds `published_at`)."""
+        published = cast(dict[str, Any], data).get("published_at")
         return cls(
             model=data["model"],
             revision=int(data["revision"]),
@@ -47,10 +50,10 @@ class TrafficPolicy:
             updated_at=data.get("updated_at"),
             updated_by=data.get("updated_by"),
             reason=data.get("reason"),
-            published_at=data.get("published_at"),
+            published_at=float(published) if published is not None else None,
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PolicyRecord:
         return {
             "model": self.model,
             "revision": self.revision,
@@ -80,7 +83,7 @@ def _unit_hash(*parts: str) -> float:
 
 
 def choose_version(policy: TrafficPolicy, routing_key: str | None,
-                   rng: random.Random | None = None) -> tuple[int, str]:
+                   rng: random.Random | None = None) -> tuple[int, Literal["weight", "sticky"]]:
     """The version for one unpinned request and why: `sticky` with a key, else `weight`."""
     live = policy.live
     if len(live) == 1:

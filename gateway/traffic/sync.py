@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 import redis
@@ -24,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.per_process import OncePerProcess
 from gateway.traffic.policy import TrafficPolicy
 from registry.db import Database
+from registry.records import PolicyRecord
 from registry.traffic import all_live_policies
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class PolicyChannel:
     def key(self, model: str) -> str:
         return f"{self.prefix}policy:{model}"
 
-    def publish(self, policy: dict[str, Any]) -> bool:
+    def publish(self, policy: PolicyRecord) -> bool:
         """Make `policy` live unless Redis already holds a newer revision.
 
         `published_at` (this host's clock) lets every worker time how long the change took to

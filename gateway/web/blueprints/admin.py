@@ -94,8 +94,7 @@ def get_version(name: str, ref: str) -> Any:
 
     db = services().db
     record = service.get_version(db, name, ref)
-    record.update(version_summary(db, name, record))
-    return json_response(record)
+    return json_response({**record, **version_summary(db, name, record)})
 
 
 @bp.put("/models/<name>/aliases/<alias>")

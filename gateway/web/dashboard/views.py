@@ -25,6 +25,7 @@ from gateway.web.dashboard.drift import drift_view
 from gateway.web.dashboard.rollouts import rollout_view
 from registry import timeseries
 from registry.errors import GatewayError
+from registry.records import PolicyRecord
 
 HISTORY_LIMIT = 20
 
@@ -49,7 +50,7 @@ def _shares(weights: Mapping[str, int]) -> list[dict[str, Any]]:
             for ref, w in weights.items()]
 
 
-def _policy_view(policy: dict[str, Any]) -> dict[str, Any]:
+def _policy_view(policy: PolicyRecord) -> dict[str, Any]:
     return {
         "revision": policy["revision"],
         "action": policy.get("action"),
@@ -110,7 +111,7 @@ def _versus_text(versus: dict[str, Any] | None) -> str:
     return "; ".join(parts) or "not enough feedback"
 
 
-def _versions_view(versions: list[dict[str, Any]], policy: dict[str, Any] | None
+def _versions_view(versions: list[dict[str, Any]], policy: PolicyRecord | None
                    ) -> list[dict[str, Any]]:
     """Versions with lineage (parent, children) worked out from the one list, no extra query."""
     weights = policy["weights"] if policy else {}
@@ -158,7 +159,7 @@ class Failure:
     typed: FormState | None
 
 
-def _form_from_policy(policy: dict[str, Any] | None) -> FormState:
+def _form_from_policy(policy: PolicyRecord | None) -> FormState:
     if policy is None:
         return FormState()
     return FormState(weights={k: str(v) for k, v in policy["weights"].items()},
@@ -176,7 +177,8 @@ def form_from_request(form: Mapping[str, str]) -> FormState:
     return state
 
 
-def _form_state(policy: dict[str, Any] | None, name: str, failed: Failure | None) -> FormState:
+def _form_state(policy: PolicyRecord | None, name: str, failed: Failure | None
+                ) -> FormState:
     if failed is None or failed.model != name:
         return _form_from_policy(policy)
     state = failed.typed or _form_from_policy(policy)
@@ -189,7 +191,7 @@ def model_view(svc: Services, record: dict[str, Any], window: Window,
     name = record["model"]
     policy_error = None
     try:
-        policy: dict[str, Any] | None = svc.traffic.show(name)
+        policy: PolicyRecord | None = svc.traffic.show(name)
     except GatewayError as exc:
         policy, policy_error = None, exc.message
     history = svc.traffic.history(name, HISTORY_LIMIT)
