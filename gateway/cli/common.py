@@ -79,10 +79,10 @@ class Context:
     def store(self) -> ArtifactStore:
         return self.services.store
 
-    def announce(self) -> None:
+    def announce(self, model: str) -> None:
         """Tell running gateways of a registry change and wait until each worker has it, so
         the next request to any of them sees it (`gateway.serving.registry_sync`)."""
-        self.services.announcer.announce()
+        self.services.announcer.announce(model)
 
     def close(self) -> None:
         """Release connections and sessions: `main` also runs in-process (tests, scripts),

@@ -86,7 +86,7 @@ def cmd_models_quantize(ctx: Context, args: argparse.Namespace) -> None:
     dataset = _dataset(ctx, args.dataset, record) if args.dataset else None
     result = quantize(ctx.db, ctx.store, args.name, record["version"], actor(), dataset,
                       max_bytes=ctx.settings.max_model_bytes)
-    ctx.announce()
+    ctx.announce(args.name)
 
     def text(r: dict[str, Any]) -> str:
         child, evals = r["child"], r["evaluations"]

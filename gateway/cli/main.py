@@ -99,7 +99,7 @@ def cmd_models_register(ctx: Context, args: argparse.Namespace) -> None:
             raise CliError(f"--metadata is not valid JSON: {exc}") from None
     record = service.register_version(ctx.db, ctx.store, args.name, data, metadata, actor(),
                                       ctx.settings.max_model_bytes)
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, record, lambda r: f"registered {r['model']} version {r['version']} "
                                  f"(sha256 {r['sha256']})")
 
@@ -162,13 +162,13 @@ def _record_text(r: dict[str, Any]) -> str:
 def cmd_models_alias(ctx: Context, args: argparse.Namespace) -> None:
     if args.delete:
         service.delete_alias(ctx.db, args.name, args.alias, actor(), args.reason)
-        ctx.announce()
+        ctx.announce(args.name)
         print(f"deleted alias {args.alias!r} of {args.name}")
         return
     if args.version is None:
         raise CliError("give the VERSION the alias should point at (or --delete)")
     result = service.set_alias(ctx.db, args.name, args.alias, args.version, actor(), args.reason)
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, result, lambda r: f"{r['model']}:{r['alias']} -> version {r['version']}"
                                  f" (was {r['previous'] or '-'})")
 
@@ -178,7 +178,7 @@ def cmd_models_archive(ctx: Context, args: argparse.Namespace) -> None:
 
     live = versions_with_traffic(ctx.db, args.name)
     record = service.archive_version(ctx.db, args.name, args.version, actor(), args.reason, live)
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, record, lambda r: f"archived {r['model']} version {r['version']}")
 
 
@@ -203,7 +203,7 @@ def cmd_models_batching(ctx: Context, args: argparse.Namespace) -> None:
         if max_wait is not None:
             settings["max_wait_us"] = max_wait
     record = service.set_batching(ctx.db, args.name, settings, actor(), args.reason)
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, record, lambda r: _batching_text(r["model"], r if r["enabled"] else None))
 
 
@@ -256,7 +256,7 @@ def cmd_traffic_set(ctx: Context, args: argparse.Namespace) -> None:
         body["force"] = True
     admin = _traffic(ctx)
     policy = admin.set(args.name, body, actor(), args.if_match)
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, policy, _policy_text)
     if admin.channel is None:
         print("note: no gateway Redis is reachable; the policy is saved and becomes live when "
@@ -265,7 +265,7 @@ def cmd_traffic_set(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_traffic_rollback(ctx: Context, args: argparse.Namespace) -> None:
     policy = _traffic(ctx).rollback(args.name, actor(), args.reason)
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, policy, _policy_text)
 
 

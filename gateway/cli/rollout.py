@@ -64,7 +64,7 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> None:
         body["force"] = True
     rollouts = _rollouts(ctx)
     started = rollouts.start(args.name, body, actor())
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, started, _text)
     if rollouts.client is None:
         print("note: no gateway Redis is reachable; the rollout moves once a gateway serves",
@@ -77,19 +77,19 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_pause(ctx: Context, args: argparse.Namespace) -> None:
     changed = _rollouts(ctx).pause(args.name, actor(), args.reason)
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, changed, _text)
 
 
 def cmd_resume(ctx: Context, args: argparse.Namespace) -> None:
     changed = _rollouts(ctx).resume(args.name, actor(), args.reason)
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, changed, _text)
 
 
 def cmd_abort(ctx: Context, args: argparse.Namespace) -> None:
     changed = _rollouts(ctx).abort(args.name, actor(), args.reason)
-    ctx.announce()
+    ctx.announce(args.name)
     emit(args, changed, _text)
 
 

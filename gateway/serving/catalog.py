@@ -232,6 +232,18 @@ class Catalog:
             self.reload()
         return self._snapshot.counter >= counter
 
+    def refresh_model(self, name: str) -> bool:
+        """Read one model again now (an announced change); False when the registry could not
+        be read. A model that no longer exists is left to the next full reload."""
+        try:
+            entry = load_model_entry(self._db, name)
+        except SQLAlchemyError as exc:
+            log.warning("refresh of model %r failed: %s", name, exc.__class__.__name__)
+            return False
+        if entry is not None:
+            self._install(entry)
+        return True
+
     def _install(self, entry: ModelEntry) -> None:
         """Put a model read just now into the snapshot, unless a newer read is already there."""
         with self._lock:

@@ -1,10 +1,11 @@
 """Registry changes announced to every worker, and the writer waiting until each has them.
 
 A registry write (a version registered, an alias moved, a version archived, a policy changed)
-commits in SQL and is then announced on Redis: `PUBLISH <prefix>registry-changes <counter>`,
-where the counter is the registry's change counter (the newest audit id) after the write. Each
-worker's listener reloads its catalog snapshot to at least that counter and then acknowledges
-it, adding its own id to the set `<prefix>registry-ack:<counter>`. The writer answers its
+commits in SQL and is then announced on Redis: `PUBLISH <prefix>registry-changes "<counter>
+<model>"`, where the counter is the registry's change counter (the newest audit id) after the
+write. Each worker's listener reads that one model again (or, for an announcement without a
+model, reloads its whole snapshot to at least that counter) and then acknowledges it, adding
+its own id to the set `<prefix>registry-ack:<counter>`. The writer answers its
 caller only once as many workers as PUBLISH reached have acknowledged (or `wait_seconds` has
 passed): so the next request, on any worker of any gateway sharing this Redis, resolves names,
 versions and aliases as they are after the write, with nothing added to the hot path.
@@ -52,14 +53,16 @@ class RegistryAnnouncer:
     def _ack_key(self, counter: int) -> str:
         return f"{self.prefix}registry-ack:{counter}"
 
-    def announce(self) -> int:
-        """Tell every worker that the registry changed and wait until they have reloaded;
-        returns how many acknowledged. Never raises for Redis: the change is committed."""
+    def announce(self, model: str | None = None) -> int:
+        """Tell every worker that `model` (None: anything) changed in the registry and wait
+        until they have read it again; returns how many acknowledged. Never raises for Redis:
+        the change is committed."""
         if self.client is None:
             return 0
         counter = change_counter(self.db)
+        message = f"{counter} {model}" if model else str(counter)
         try:
-            receivers = int(self.client.publish(self.channel, str(counter)))
+            receivers = int(self.client.publish(self.channel, message))
             deadline = time.monotonic() + self.wait_seconds
             acked = 0
             while receivers:
@@ -77,15 +80,19 @@ class RegistryAnnouncer:
         return acked
 
     def receiver(self, catalog: Catalog) -> Callable[[bytes | str], None]:
-        """The worker side: reload `catalog` to the announced counter, then acknowledge."""
+        """The worker side: read the announced model again (or reload the whole snapshot to
+        the announced counter), then acknowledge."""
 
         def received(data: bytes | str) -> None:
+            text = data.decode() if isinstance(data, bytes) else data
+            head, _, model = text.partition(" ")
             try:
-                counter = int(data)
+                counter = int(head)
             except ValueError:
-                log.warning("ignoring a malformed registry announcement %r", data[:40])
+                log.warning("ignoring a malformed registry announcement %r", text[:80])
                 return
-            if not catalog.reload_to(counter):
+            done = catalog.refresh_model(model) if model else catalog.reload_to(counter)
+            if not done:
                 return  # the registry was unreachable: no acknowledgement, the writer waits
             assert self.client is not None
             pipe = self.client.pipeline(transaction=False)

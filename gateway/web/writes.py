@@ -14,5 +14,5 @@ def announce_writes(response: Response) -> Response:
     successful write (2xx, or the dashboard's redirect after a form) is announced to every
     worker before the response leaves."""
     if request.method in WRITE_METHODS and 200 <= response.status_code < 400:
-        services().announcer.announce()
+        services().announcer.announce((request.view_args or {}).get("name"))
     return response
