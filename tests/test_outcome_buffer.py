@@ -258,3 +258,33 @@ def test_record_never_waits_while_the_flusher_hangs_on_the_database(
     assert sample(metrics, "gateway_outcomes_dropped_total") == 5000
     assert [r["request_id"] for r in log.find_pending("r-05000")] == ["r-05000"]
     assert log.find_pending("r-04999") == []
+
+
+def test_a_batch_being_written_is_still_found_for_feedback(tmp_path: Path) -> None:
+    """Between the flusher taking a batch and the database having it, the rows are in neither
+    place; feedback arriving then must still find them (it used to answer 404)."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    upgrade(url)
+    database = Database(url)
+    log = OutcomeLog(database, tmp_path / "spool", background=False)
+    log.record(outcome(7))
+    blocker = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # a real writer holds the lock: the insert must wait
+    flusher = threading.Thread(target=log.flush)
+    flusher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while log.depth() and time.monotonic() < deadline:  # taken from the buffer
+            time.sleep(0.01)
+        assert log.depth() == 0 and flusher.is_alive()
+        assert logged_ids(url) == []  # not in the database yet
+        found = log.find_pending("r-00007")
+        assert [(r["request_id"], r["predicted_label"]) for r in found] == [("r-00007", 7)]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        flusher.join(30)
+    assert logged_ids(url) == ["r-00007"] and log.find_pending("r-00007") == []
+    database.dispose()

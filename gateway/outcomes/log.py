@@ -120,6 +120,7 @@ class OutcomeLog:
             raise ValueError(f"max_buffer must be >= 1, got {max_buffer}")
         self.max_buffer = max_buffer
         self._buffer: deque[OutcomeRow] = deque()
+        self._in_flight: list[OutcomeRow] = []  # the batch the flusher is writing now
         # held only for a few deque operations: it makes "full, so drop the oldest" exact
         self._buffer_lock = threading.Lock()
         self._started = OncePerProcess()
@@ -163,8 +164,10 @@ class OutcomeLog:
     def find_pending(self, request_id: str) -> list[OutcomeRow]:
         """Completed copies of the rows for a request id that the flusher has not taken yet
         (feedback looks here for a request answered a moment ago)."""
-        return [complete_row(row.copy()) for row in list(self._buffer)
-                if row["request_id"] == request_id]
+        queued = [complete_row(row.copy()) for row in list(self._buffer)
+                  if row["request_id"] == request_id]
+        # a batch being written is in neither the buffer nor the database yet
+        return queued + [row for row in self._in_flight if row["request_id"] == request_id]
 
     def depth(self) -> int:
         return len(self._buffer)
@@ -213,7 +216,12 @@ class OutcomeLog:
             if not batch:
                 break
             tried = True
-            if not self._write(batch):
+            self._in_flight = batch
+            try:
+                written = self._write(batch)
+            finally:
+                self._in_flight = []
+            if not written:
                 break  # kept in memory: neither the database nor the spool took it; next tick
         if self.db_ok or not tried:
             # with no new rows to try the database with, replaying is what notices its return;
