@@ -30,6 +30,7 @@ from gateway.serving.registry_sync import RegistryAnnouncer
 from gateway.serving.request_ids import RequestIds
 from gateway.serving.runtime import ModelRuntime
 from gateway.serving.shadow import ShadowPool
+from gateway.serving.tokens import TokenVerifier
 from gateway.settings import Settings
 from gateway.traffic.admin import TrafficAdmin
 from gateway.traffic.sync import PolicyCache, PolicyChannel
@@ -60,6 +61,7 @@ class Services:
     announcer: RegistryAnnouncer
     drift: DriftMonitor
     readiness: Readiness
+    tokens: TokenVerifier
 
     def start(self) -> None:
         """Start this process's background refreshers now rather than on the first request."""
@@ -145,4 +147,5 @@ def build_services(settings: Settings, *, background: bool = True) -> Services:
         controller=RolloutController(rollouts, settings.rollout_interval_seconds),
         announcer=announcer, drift=drift,
         readiness=Readiness(db, client, catalog, policies, runtime, dataplane),
+        tokens=TokenVerifier(db, settings.token_cache_seconds),
     )

@@ -235,14 +235,7 @@ class Catalog:
     def refresh_model(self, name: str) -> bool:
         """Read one model again now (an announced change); False when the registry could not
         be read. A model that no longer exists is left to the next full reload."""
-        try:
-            entry = load_model_entry(self._db, name)
-        except SQLAlchemyError as exc:
-            log.warning("refresh of model %r failed: %s", name, exc.__class__.__name__)
-            return False
-        if entry is not None:
-            self._install(entry)
-        return True
+        return self._read_one(name, "refresh") is not False
 
     def _install(self, entry: ModelEntry) -> None:
         """Put a model read just now into the snapshot, unless a newer read is already there."""
@@ -257,11 +250,16 @@ class Catalog:
         a miss like any other (the caller answers 404, or 503 when it knows better)."""
         if not self._misses.take():
             return None
+        return self._read_one(name, "lookup") or None
+
+    def _read_one(self, name: str, why: str) -> ModelEntry | None | Literal[False]:
+        """The model as the registry holds it now, installed in the snapshot; None when it
+        does not exist, False when the registry could not be read."""
         try:
             entry = load_model_entry(self._db, name)
         except SQLAlchemyError as exc:
-            log.warning("lookup of model %r failed: %s", name, exc.__class__.__name__)
-            return None
+            log.warning("%s of model %r failed: %s", why, name, exc.__class__.__name__)
+            return False
         if entry is not None:
             self._install(entry)
         return entry

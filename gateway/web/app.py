@@ -16,6 +16,7 @@ from flask import Flask, Request, g
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from gateway.services import build_services
+from gateway.serving.entry import InferenceEntry
 from gateway.settings import Settings
 from gateway.web import auth
 from gateway.web.blueprints import (
@@ -74,7 +75,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     svc = app.extensions["mgw"] = build_services(settings)
     register_error_handlers(app)
-    auth.init_app(app, svc.db, settings.auth, settings.token_cache_seconds)
+    auth.init_app(app, svc.tokens, settings.auth)
+    # the inference routes skip Flask's request machinery (gateway.serving.entry)
+    entry = app.extensions["mgw_entry"] = InferenceEntry(
+        app.wsgi_app, svc.dataplane, svc.limits, settings.max_body_bytes, svc.tokens,
+        settings.auth)
+    app.wsgi_app = entry  # type: ignore[method-assign]
 
     @app.after_request
     def _echo_request_id(response: Any) -> Any:

@@ -1,23 +1,18 @@
 """Bearer-token auth, enforced for every route in one `before_request` hook.
 
 Access is decided by blueprint, default-deny: a route whose blueprint is not listed needs
-`ops`, so a route added later is never accidentally public. Verified tokens are cached per
-process for `token_cache_seconds`, which bounds how long a revoked token keeps working and keeps
-the database off the hot path; while the database is unreachable the last known answer stands.
+`ops`, so a route added later is never accidentally public. Tokens are checked by the same
+`TokenVerifier` and role grants as the data plane's entry (`gateway.serving.tokens`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from flask import Flask, g, request, session
-from sqlalchemy.exc import SQLAlchemyError
 
-from registry.db import Database
-from registry.errors import Forbidden, Unauthorized, Unavailable
-from registry.tokens import TokenRecord, load_token, secret_matches, split_token
+from gateway.serving.tokens import TokenVerifier, role_allows
+from registry.errors import Forbidden
 
 log = logging.getLogger(__name__)
 
@@ -30,75 +25,7 @@ BLUEPRINT_ROLES = {
     "dashboard": "analyst",
     "admin": "ops",
 }
-# What each role may reach, by the role a blueprint asks for. `app` may give feedback, but only
-# on its own requests: `gateway.outcomes.feedback` narrows it by the token's key id (`g.caller`).
-ROLE_GRANTS = {
-    "app": frozenset({"app", "feedback"}),
-    "feedback": frozenset({"feedback"}),
-    "analyst": frozenset({"analyst"}),
-}
 ANONYMOUS = "anonymous"
-
-
-def role_allows(role: str, required: str) -> bool:
-    return role == "ops" or required in ROLE_GRANTS.get(role, ())
-
-
-class TokenVerifier:
-    """Checks bearer tokens against the registry, with a short per-process cache."""
-
-    def __init__(self, db: Database, ttl_seconds: float) -> None:
-        self._db = db
-        self._ttl = ttl_seconds
-        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
-        # whole Authorization headers already verified: skips parsing and the salted hash
-        self._verified: dict[str, tuple[float, TokenRecord]] = {}
-        self._lock = threading.Lock()
-
-    def _record(self, key_id: str) -> tuple[float, TokenRecord | None]:
-        """(when it was read from the registry, the record or None when unknown)."""
-        now = time.monotonic()
-        cached = self._cache.get(key_id)
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached
-        try:
-            record = load_token(self._db, key_id)
-        except SQLAlchemyError:
-            if cached is not None:
-                return cached
-            raise Unavailable("the token store is unreachable; try again shortly") from None
-        with self._lock:
-            if len(self._cache) > 10_000:  # unknown key ids must not grow memory without bound
-                self._cache.clear()
-            self._cache[key_id] = (now, record)
-        return now, record
-
-    def verify(self, header: str | None) -> TokenRecord:
-        if header:
-            hit = self._verified.get(header)
-            if hit is not None and time.monotonic() - hit[0] < self._ttl:
-                return hit[1]
-        read_at, record = self._verify(header)
-        assert header is not None
-        with self._lock:  # aged from the registry read, so revocation still lands within ttl
-            if len(self._verified) > 10_000:
-                self._verified.clear()
-            self._verified[header] = (read_at, record)
-        return record
-
-    def _verify(self, header: str | None) -> tuple[float, TokenRecord]:
-        if not header:
-            raise Unauthorized("send Authorization: Bearer <token>")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-        parts = split_token(token.strip())
-        if parts is None:
-            raise Unauthorized("the token is malformed")
-        read_at, record = self._record(parts[0])
-        if record is None or record.revoked or not secret_matches(record, parts[1]):
-            raise Unauthorized("the token is unknown or revoked")
-        return read_at, record
 
 
 def required_role(blueprint: str | None) -> str | None:
@@ -108,8 +35,7 @@ def required_role(blueprint: str | None) -> str | None:
     return BLUEPRINT_ROLES.get(blueprint or "", "ops")
 
 
-def init_app(app: Flask, db: Database, enabled: bool, ttl_seconds: float) -> None:
-    verifier = TokenVerifier(db, ttl_seconds)
+def init_app(app: Flask, verifier: TokenVerifier, enabled: bool) -> None:
     app.extensions["mgw_tokens"] = verifier
     if not enabled:
         log.warning(

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, Response, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from gateway.web.responses import json_response
+from gateway.serving.entry import error_body
 from gateway.web.workers import RequestReceiveTimeout
 from registry.errors import GatewayError
 
@@ -38,9 +38,9 @@ HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str) -> Any:
-    if request.path.startswith("/v2"):
-        return json_response({"error": message}, status)
-    return json_response({"error": {"code": code, "message": message}}, status)
+    """The same shapes as the data plane's entry (`gateway.serving.entry.error_body`)."""
+    return Response(error_body(request.path.startswith("/v2"), code, message), status=status,
+                    mimetype="application/json")
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -1,41 +1,27 @@
-"""`POST /predict`: the gateway's own JSON inference route, for applications."""
+"""`POST /predict`: the gateway's own JSON inference route, for applications.
+
+Served by `gateway.serving.entry` before Flask sees the request; this view keeps the route in
+the URL map (auth rules, the OpenAPI document) and answers the same way when the app is called
+without that middleware.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from flask import Blueprint, Response, current_app, request
 
-from flask import Blueprint, request
-
-from gateway.serving.codecs.predict_json import decode_json_inputs, outputs_for_json
-from gateway.web.current import services
-from gateway.web.inference import finish_call, run_call, start_call
-from gateway.web.responses import json_response, read_json_object
-from registry.errors import InvalidInput
+from gateway.serving.entry import Answer, Route
 
 bp = Blueprint("predict", __name__)
 
 
+def respond(answer: Answer) -> Response:
+    response = Response(answer.body, status=answer.status, headers=answer.headers)
+    if answer.deferred is not None:
+        response.call_on_close(answer.deferred)
+    return response
+
+
 @bp.post("/predict")
-def predict() -> Any:
-    svc = services()
-    call = start_call(svc)
-    environ = request.environ  # header reads straight from the WSGI environ: this is the hot path
-    body = read_json_object(svc.settings.max_body_bytes)
-    unknown = set(body) - {"model", "inputs"}
-    if unknown:
-        raise InvalidInput(f"unknown fields {sorted(unknown)}; send 'model' and 'inputs'")
-    header_model = environ.get("HTTP_X_MODEL")
-    model = body.get("model", header_model)
-    if header_model is not None and header_model != model:
-        raise InvalidInput("the X-Model header and the body's 'model' name different models")
-    if not isinstance(model, str):
-        raise InvalidInput("name the model in 'model' (a string) or in the X-Model header")
-    if "inputs" not in body:
-        raise InvalidInput("the body has no 'inputs'")
-    inputs = body["inputs"]
-    result = run_call(
-        svc, call, model, environ.get("HTTP_X_MODEL_VERSION"),
-        lambda version: (decode_json_inputs(inputs, version.inputs, svc.limits), None))
-    return finish_call(json_response(
-        {"request_id": result.request_id, "model": model, "version": result.version,
-         "outputs": outputs_for_json(result.outputs)}), result)
+def predict() -> Response:
+    return respond(current_app.extensions["mgw_entry"].answer(Route(False, None, None),
+                                                              request.environ))

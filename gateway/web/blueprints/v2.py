@@ -11,16 +11,13 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from gateway.serving import metadata
-from gateway.serving.catalog import VersionInfo
-from gateway.serving.codecs.v2 import decode_v2_request, encode_v2_response
+from gateway.serving.entry import Route
+from gateway.web.blueprints.predict import respond
 from gateway.web.current import services
-from gateway.web.inference import finish_call, run_call, start_call
-from gateway.web.responses import json_response, read_body
-from registry.errors import InvalidInput
-from registry.names import ascii_number
+from gateway.web.responses import json_response
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 health_bp = Blueprint("v2_health", __name__, url_prefix="/v2/health")
@@ -86,29 +83,9 @@ def version_ready(name: str, ref: str) -> Any:
 
 
 def _infer(name: str, ref: str | None) -> Response:
-    svc = services()
-    call = start_call(svc)
-    body = read_body(svc.settings.max_body_bytes)
-    raw_length = request.headers.get("Inference-Header-Content-Length")
-    header_length = None
-    if raw_length is not None:
-        header_length = ascii_number(raw_length.strip(), 18)  # no longer than a body size
-        if header_length is None:
-            raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
-    parsed: dict[str, Any] = {}
-
-    def decode(version: VersionInfo) -> tuple[dict[str, Any], list[str] | None]:
-        req = decode_v2_request(body, header_length, version.inputs, version.output_names,
-                                svc.limits)
-        parsed["request"] = req
-        wanted = [o.name for o in req.outputs] if req.outputs is not None else None
-        return req.inputs, wanted
-
-    result = run_call(svc, call, name, ref, decode)
-    req = parsed["request"]
-    payload, headers = encode_v2_response(name, result.version, req.id, result.outputs,
-                                          req.outputs, req.binary_output_default)
-    return finish_call(Response(payload, status=200, headers=headers), result)
+    """Answered by `gateway.serving.entry` before Flask sees the request (see predict.py)."""
+    return respond(current_app.extensions["mgw_entry"].answer(Route(True, name, ref),
+                                                              request.environ))
 
 
 @bp.post("/models/<name>/infer")
