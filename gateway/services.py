@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
+from gateway.agent.channel import AgentSender
 from gateway.lifecycle.drift_monitor import DriftMonitor
 from gateway.lifecycle.rollout import RolloutController, Rollouts
 from gateway.outcomes.feedback import FeedbackDesk
@@ -64,11 +65,13 @@ class Services:
     tokens: TokenVerifier
 
     def start(self) -> None:
-        """Start this process's background refreshers now rather than on the first request."""
+        """Start this process's background refreshers now rather than on the first request.
+        Beside an agent (`gateway.agent`), the rollout controller runs there instead."""
         self.catalog.ensure_started()
         self.policies.ensure_started()
         self.outcomes.start()
-        self.controller.ensure_started()
+        if self.settings.agent_socket is None:
+            self.controller.ensure_started()
 
     def close(self) -> None:
         """Stop background work and release sessions and connections (worker exit, tests)."""
@@ -120,9 +123,10 @@ def build_services(settings: Settings, *, background: bool = True) -> Services:
     policies = PolicyCache(channel, db, settings.policy_refresh_seconds,
                            on_propagated=metrics.policy_propagated)
     shadows = ShadowPool(settings.shadow_workers, settings.shadow_queue)
+    agent = AgentSender(str(settings.agent_socket)) if settings.agent_socket else None
     outcomes = OutcomeLog(db, settings.state_dir / "spool", settings.outcome_flush_seconds,
                           max_buffer=settings.outcome_buffer, metrics=metrics,
-                          background=background)
+                          background=background, forward=agent.send if agent else None)
     metrics.watch_policies(policies.all)
     announcer = RegistryAnnouncer(db, client, settings.redis_prefix)
     policies.listen(announcer.channel, announcer.receiver(catalog))

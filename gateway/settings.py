@@ -199,6 +199,9 @@ class Settings:
     policy_refresh_seconds: float = 1.0
     outcome_flush_seconds: float = 0.2
     token_cache_seconds: float = 0.5
+    # set by `gateway serve` for its workers (MGW_AGENT_SOCKET), never by users: the agent's
+    # socket, where outcome rows go (gateway.agent)
+    agent_socket: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -217,6 +220,8 @@ class Settings:
             raw = env.get(spec.env)
             if raw:
                 values[item.name] = _parse(_base_type(hints[item.name]), raw, spec)
+        if env.get("MGW_AGENT_SOCKET"):
+            values["agent_socket"] = Path(env["MGW_AGENT_SOCKET"])
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:

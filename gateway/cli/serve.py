@@ -1,7 +1,10 @@
 """Run the gateway under gunicorn with the repo's config (`gateway/web/gunicorn_conf.py`).
 
 With no `GATEWAY_REDIS_URL`, this process starts the private embedded Redis first, hands its
-address to gunicorn's workers, and stops it after gunicorn has exited: it owns it.
+address to gunicorn's workers, and stops it after gunicorn has exited: it owns it. It also
+starts the agent (`gateway.agent`), which writes the workers' outcomes and drives rollouts,
+restarts it whenever it dies while gunicorn runs, and stops it last, once every worker has
+sent what it had.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+from gateway.agent.channel import socket_path
 from gateway.settings import Settings
 
 
@@ -67,6 +73,61 @@ def own_metrics_dir(settings: Settings) -> Path:
     return path
 
 
+class Agent:
+    """The agent process of this `gateway serve`: started, restarted while gunicorn runs,
+    stopped by its PID."""
+
+    def __init__(self, socket: Path, env: dict[str, str]) -> None:
+        self.socket = socket
+        self._env = env
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self.restarts = 0
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.agent.main", "--socket", str(self.socket)],
+            env=self._env, start_new_session=True)  # Ctrl-C is for gunicorn; we stop it last
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():  # workers' first rows find it listening
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the gateway agent did not start; see the log above")
+            time.sleep(0.02)
+
+    def supervise(self, gunicorn: subprocess.Popen[bytes]) -> None:
+        """Restart the agent whenever it exits while gunicorn still serves; meanwhile the
+        workers keep the rows it refuses."""
+        while not self._stopping.wait(0.5) and gunicorn.poll() is None:
+            if self._proc is not None and self._proc.poll() is not None:
+                self.restarts += 1
+                if self._env.get("PROMETHEUS_MULTIPROC_DIR"):
+                    _forget_metrics(self._env["PROMETHEUS_MULTIPROC_DIR"], self._proc.pid)
+                print(f"[agent] exited with {self._proc.returncode}; restarting it",
+                      file=sys.stderr, flush=True)
+                try:
+                    self.start()
+                except RuntimeError as exc:
+                    print(f"[agent] {exc}", file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+
+
+def _forget_metrics(directory: str, pid: int) -> None:
+    """Drop a dead agent's live gauges (its counters stay, as a dead worker's do)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, directory)
+
+
 def serve(settings: Settings, bind: str, workers: int) -> int:
     """Migrate the schema, then run gunicorn until it exits; returns its exit status."""
     from registry.migrate import upgrade
@@ -85,7 +146,13 @@ def serve(settings: Settings, bind: str, workers: int) -> int:
         env["GATEWAY_REDIS_URL"] = embedded.url
     metrics_dir = own_metrics_dir(settings)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    agent = Agent(socket_path(settings.state_dir, os.getpid()), env)
+    env["MGW_AGENT_SOCKET"] = str(agent.socket)
+    agent.start()
     proc = subprocess.Popen(gunicorn_argv(bind, workers), env=env)
+    supervisor = threading.Thread(target=agent.supervise, args=(proc,), name="agent-supervisor",
+                                  daemon=True)
+    supervisor.start()
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signum)
@@ -96,6 +163,7 @@ def serve(settings: Settings, bind: str, workers: int) -> int:
     try:
         return proc.wait()
     finally:
+        agent.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         if embedded is not None and started:
             embedded.stop()

@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -105,10 +106,17 @@ def complete_row(row: OutcomeRow) -> OutcomeRow:
 class OutcomeLog:
     def __init__(self, db: Database, spool_dir: Path, flush_seconds: float = 0.2,
                  batch_size: int = 1000, max_buffer: int = 100_000,
-                 metrics: Metrics | None = None, background: bool = True) -> None:
+                 metrics: Metrics | None = None, background: bool = True,
+                 forward: Callable[[OutcomeRow], bool] | None = None) -> None:
         """`max_buffer` bounds the rows kept in memory (the flusher may hold one more batch);
         `background=False` runs no flusher thread: the owner calls `flush()` itself (tests that
-        count exactly, one-shot tools)."""
+        count exactly, one-shot tools).
+
+        `forward` (a serving worker beside the agent, `gateway.agent`): each row is offered
+        to it first; only a row it refuses (agent gone, its queue full) is buffered and
+        written here, and the flusher thread starts only then. The agent reports its own
+        buffer in the same gauges (prometheus-client's multiprocess mode adds them up)."""
+        self._forward = forward
         self._metrics = metrics
         self._background = background
         self.last_ok_at = time.time()
@@ -143,6 +151,8 @@ class OutcomeLog:
     def record(self, row: OutcomeRow) -> None:
         """Buffer a row; when the buffer is full, drop the oldest one to make room (never wait:
         the caller is a request thread)."""
+        if self._forward is not None and self._forward(row):
+            return
         self._ensure_started()
         dropped = False
         with self._buffer_lock:
@@ -182,7 +192,9 @@ class OutcomeLog:
         self._thread.start()
 
     def start(self) -> None:
-        self._ensure_started()
+        """Start the flusher now (beside an agent: only once a row has been kept here)."""
+        if self._forward is None:
+            self._ensure_started()
 
     def _take(self) -> list[OutcomeRow]:
         # popped under the lock (a full buffer's record() pops too), summarised outside it
@@ -234,10 +246,13 @@ class OutcomeLog:
         self.report_gauges()
 
     def report_gauges(self) -> None:
-        if self._metrics is not None:
-            self._metrics.queue_depth.set(len(self._buffer))
-            self._metrics.flush_lag.set(max(0.0, time.time() - self.last_ok_at))
-            self._metrics.spool_files.set(self.spool_files())
+        if self._metrics is None:
+            return
+        # beside an agent, this log writes only the rows the agent refused: no rows, no lag
+        behind = self._forward is None or bool(self._buffer)
+        self._metrics.queue_depth.set(len(self._buffer))
+        self._metrics.flush_lag.set(max(0.0, time.time() - self.last_ok_at) if behind else 0.0)
+        self._metrics.spool_files.set(self.spool_files())
 
     def _write(self, batch: list[OutcomeRow]) -> bool:
         """Insert the batch, else spool it; False when neither worked and it was kept."""
