@@ -192,7 +192,8 @@ class Settings:
                                            shown="30 (s)", minimum=0)
     rollout_interval_seconds: float = setting(
         10.0, "GATEWAY_ROLLOUT_INTERVAL",
-        "how often the rollout controller in each worker looks at running rollouts",
+        "how often the rollout controller (in the agent; in each process without one) looks at "
+        "running rollouts",
         shown="10 (s)", minimum=0.05)
     # tunables without a variable: tests set them
     registry_poll_seconds: float = 0.5

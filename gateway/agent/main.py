@@ -23,7 +23,7 @@ import socket
 import sys
 from pathlib import Path
 
-from gateway.agent.channel import MAX_DATAGRAM, decode_row
+from gateway.agent.channel import MAX_DATAGRAM, decode_rows
 from gateway.outcomes.log import OutcomeLog
 from gateway.services import build_services
 from gateway.settings import Settings
@@ -81,7 +81,8 @@ def run(settings: Settings, socket_file: Path) -> None:
 
 def _take(outcomes: OutcomeLog, data: bytes) -> None:
     try:
-        outcomes.record(decode_row(data))
+        for row in decode_rows(data):
+            outcomes.record(row)
     except (ValueError, KeyError, TypeError) as exc:  # never from our workers; keep going
         log.warning("ignoring a malformed outcome datagram: %s", exc)
 

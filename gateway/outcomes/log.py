@@ -107,15 +107,16 @@ class OutcomeLog:
     def __init__(self, db: Database, spool_dir: Path, flush_seconds: float = 0.2,
                  batch_size: int = 1000, max_buffer: int = 100_000,
                  metrics: Metrics | None = None, background: bool = True,
-                 forward: Callable[[OutcomeRow], bool] | None = None) -> None:
+                 forward: Callable[[list[OutcomeRow]], bool] | None = None) -> None:
         """`max_buffer` bounds the rows kept in memory (the flusher may hold one more batch);
         `background=False` runs no flusher thread: the owner calls `flush()` itself (tests that
         count exactly, one-shot tools).
 
-        `forward` (a serving worker beside the agent, `gateway.agent`): each row is offered
-        to it first; only a row it refuses (agent gone, its queue full) is buffered and
-        written here, and the flusher thread starts only then. The agent reports its own
-        buffer in the same gauges (prometheus-client's multiprocess mode adds them up)."""
+        `forward` (a serving worker beside the agent, `gateway.agent`): each batch the flusher
+        takes is offered to it first, as the request threads left it (summarising the rows
+        is the agent's work too); only a batch it refuses (agent gone, its queue full) is
+        written here. The agent reports its own buffer in the same gauges (prometheus-client's
+        multiprocess mode adds them up)."""
         self._forward = forward
         self._metrics = metrics
         self._background = background
@@ -137,6 +138,7 @@ class OutcomeLog:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.written = 0
+        self.forwarded = 0  # rows handed to the agent
         self.spooled = 0
         self.dropped = 0  # rows lost to the bound, oldest first
         self.spool_failures = 0  # batches the spool refused (their rows were kept in memory)
@@ -151,8 +153,6 @@ class OutcomeLog:
     def record(self, row: OutcomeRow) -> None:
         """Buffer a row; when the buffer is full, drop the oldest one to make room (never wait:
         the caller is a request thread)."""
-        if self._forward is not None and self._forward(row):
-            return
         self._ensure_started()
         dropped = False
         with self._buffer_lock:
@@ -192,15 +192,18 @@ class OutcomeLog:
         self._thread.start()
 
     def start(self) -> None:
-        """Start the flusher now (beside an agent: only once a row has been kept here)."""
-        if self._forward is None:
-            self._ensure_started()
+        self._ensure_started()
 
     def _take(self) -> list[OutcomeRow]:
         # popped under the lock (a full buffer's record() pops too), summarised outside it
-        with self._buffer_lock:
-            raw = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
-        return [complete_row(row) for row in raw]
+        # (by the agent, when there is one that takes them)
+        while True:
+            with self._buffer_lock:
+                raw = [self._buffer.popleft()
+                       for _ in range(min(self._batch, len(self._buffer)))]
+            if not raw or self._forward is None or not self._forward(raw):
+                return [complete_row(row) for row in raw]
+            self.forwarded += len(raw)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -249,7 +252,7 @@ class OutcomeLog:
         if self._metrics is None:
             return
         # beside an agent, this log writes only the rows the agent refused: no rows, no lag
-        behind = self._forward is None or bool(self._buffer)
+        behind = self._forward is None or bool(self._buffer) or not self.db_ok
         self._metrics.queue_depth.set(len(self._buffer))
         self._metrics.flush_lag.set(max(0.0, time.time() - self.last_ok_at) if behind else 0.0)
         self._metrics.spool_files.set(self.spool_files())
