@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 AGENT_SOCKET_ENV = "MGW_AGENT_SOCKET"  # set by `gateway serve` for its workers, not by users
 UNIX_PATH_MAX = 100
+SEND_WAIT_S = 0.05
 MAX_DATAGRAM = 200 * 1024  # under Linux's default socket buffers (212,992 bytes)
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -73,9 +74,9 @@ def decode_rows(data: bytes) -> list[OutcomeRow]:
 
 
 class AgentSender:
-    """The worker's end: `send` never blocks and never waits; False means "keep them
-    yourself". Called by the worker's flusher thread with each batch it takes (every 0.2 s),
-    not per request: a request only appends its row to the worker's buffer."""
+    """The worker's end: False means "keep them yourself". Called by the worker's flusher
+    thread with each batch it takes (every 0.2 s), never by a request, which only appends
+    its row to the worker's buffer; a send waits at most `SEND_WAIT_S` per datagram."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -87,7 +88,10 @@ class AgentSender:
     def _socket(self) -> socket.socket:
         if self._sock is None or self._pid != os.getpid():  # not shared across a fork
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.setblocking(False)
+            # the kernel lets one sender have ~200 KB in flight: a batch of several datagrams
+            # waits a moment for the agent to read the first ones (this is the flusher
+            # thread, never a request); longer than that, the worker keeps the batch
+            self._sock.settimeout(SEND_WAIT_S)
             self._pid = os.getpid()
         return self._sock
 
@@ -98,7 +102,7 @@ class AgentSender:
             for part in self._parts(rows):
                 self._socket().sendto(part, self.path)
         except (OSError, TypeError, ValueError, orjson.JSONEncodeError):
-            # queue full (BlockingIOError), agent gone (ConnectionRefused, FileNotFound), ...
+            # queue still full (TimeoutError), agent gone (ConnectionRefused, FileNotFound)
             self.refused += len(rows)
             return False
         self.sent += len(rows)
