@@ -198,7 +198,7 @@ class InferenceEntry:
 
     def _predict(self, route: Route, environ: dict[str, Any], raw: bytes, request_id: str,
                  chosen: bool, caller: str | None) -> Answer:
-        body = _json_object(raw)
+        body = json_object(raw)
         unknown = set(body) - {"model", "inputs"}
         if unknown:
             raise InvalidInput(f"unknown fields {sorted(unknown)}; send 'model' and 'inputs'")
@@ -268,7 +268,8 @@ class InferenceEntry:
         return Answer(status, error_body(route.v2, code, message), headers)
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (every JSON route reads bodies so)."""
     if not raw:
         raise InvalidInput("the request body is empty; send a JSON object")
     try:

@@ -7,9 +7,8 @@ from typing import Any
 import orjson
 from flask import Response, request
 
-from registry.errors import InvalidInput, PayloadTooLarge
-
-JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+from gateway.serving.entry import JSON_OPTIONS, json_object
+from registry.errors import PayloadTooLarge
 
 
 def json_response(
@@ -34,17 +33,5 @@ def read_body(limit: int) -> bytes:
     return data
 
 
-def parse_json(data: bytes) -> Any:
-    if not data:
-        raise InvalidInput("the request body is empty; send a JSON object")
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-
-
 def read_json_object(limit: int) -> dict[str, Any]:
-    body = parse_json(read_body(limit))
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return body
+    return json_object(read_body(limit))
