@@ -140,7 +140,8 @@ def build_services(settings: Settings, *, background: bool = True) -> Services:
     metrics.watch_drift(drift.gauges)
     dataplane = DataPlane(catalog, runtime, policies, shadows, outcomes,
                           RequestIds(client, settings.redis_prefix), metrics,
-                          input_sample_rate=settings.input_sample_rate)
+                          input_sample_rate=settings.input_sample_rate,
+                          forward_shadow=agent.send_shadow if agent else None)
     return Services(
         settings=settings, db=db, store=store, catalog=catalog, runtime=runtime,
         dataplane=dataplane,

@@ -6,11 +6,23 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import numpy as np
+import onnxruntime as ort
+import pytest
+from sqlalchemy import select
 
-from gateway.agent.channel import MAX_DATAGRAM, AgentSender, decode_rows
+from gateway.agent.channel import (
+    MAX_DATAGRAM,
+    AgentSender,
+    decode_rows,
+    decode_shadow,
+    encode_shadow,
+)
 from gateway.outcomes.log import complete_row
+from gateway.serving.shadow import ShadowCopy
+from registry.tables import Outcome
 from tests.outcome_rows import outcome
 
 
@@ -67,3 +79,103 @@ def test_a_send_nobody_receives_is_refused_and_counted(tmp_path):
     assert not slow.send(_rows(2000))  # refused after a bounded wait, not hung
     assert sender.refused == 3 and slow.refused == 2000 and slow.sent == sender.sent == 0
     stuck.close()
+
+
+def test_a_shadow_copy_crosses_as_raw_arrays(tmp_path):
+    path = tmp_path / "agent.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    receiver.settimeout(5)
+    inputs = {"input": np.random.default_rng(1).random((3, 64), dtype=np.float32),
+              "mask": np.array([[True, False]]), "ids": np.arange(6, dtype=np.int64)[::2],
+              "empty": np.zeros((0, 4), dtype=np.float64)}
+    copy = ShadowCopy("digits", 3, "req-1", 7, "f" * 64, inputs)
+    sender = AgentSender(str(path))
+    assert sender.send_shadow(copy) is True
+    arrived = decode_shadow(receiver.recv(MAX_DATAGRAM))
+    assert (arrived.model, arrived.version, arrived.request_id, arrived.revision,
+            arrived.fingerprint) == ("digits", 3, "req-1", 7, "f" * 64)
+    assert arrived.inputs.keys() == inputs.keys()
+    for name, value in inputs.items():
+        assert arrived.inputs[name].dtype == value.dtype
+        np.testing.assert_array_equal(arrived.inputs[name], value)
+    # too large for one datagram, or not numbers: not for the channel (the worker runs it)
+    big = ShadowCopy("digits", 3, "r", None, "f", {"x": np.zeros((1000, 64), np.float32)})
+    text = ShadowCopy("digits", 3, "r", None, "f", {"x": np.array(["a"], dtype=object)})
+    assert encode_shadow(big) is None and sender.send_shadow(big) is None
+    assert sender.send_shadow(text) is None
+    receiver.close()
+    sender.close()
+
+
+def test_a_shadow_copy_nobody_takes_is_dropped_at_once(tmp_path):
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stuck.bind(str(tmp_path / "stuck.sock"))  # an agent that never reads
+    sender = AgentSender(str(tmp_path / "stuck.sock"))
+    copy = ShadowCopy("digits", 1, "r", None, "f", {"x": np.zeros((32, 512), np.float32)})
+    started = time.perf_counter()
+    results = [sender.send_shadow(copy) for _ in range(200)]  # ~13 MB: the queue fills
+    elapsed = time.perf_counter() - started
+    assert results[0] is True and results[-1] is False, results
+    assert elapsed < 1.0, elapsed  # never waits: each refused send returns at once
+    assert AgentSender(str(tmp_path / "nobody.sock")).send_shadow(copy) is False
+    stuck.close()
+
+
+@pytest.mark.parametrize("data", [
+    b"S", b"S\x05\x00\x00\x00{}",
+    b"S" + (30).to_bytes(4, "little") + b'{"inputs":[["x","<f4",[-1]]]}',
+    b"S" + (29).to_bytes(4, "little") + b'{"inputs":[["x","<f4",[4]]]}' + b"\0" * 8,
+    b"S" + (29).to_bytes(4, "little") + b'{"inputs":[["x","|O",[1]]]}' + b"\0" * 8,
+])
+def test_a_malformed_shadow_datagram_is_refused(data):
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        decode_shadow(data)
+
+
+def test_workers_hand_shadow_copies_to_the_agent_which_runs_and_logs_them(
+        settings, digits, db, tmp_path):
+    """The worker's data plane sends the copy instead of running it (its own pool stays
+    empty); the agent's receiver runs it and logs the shadow row, whose prediction is what
+    onnxruntime gives for that version on the same input."""
+    from gateway.agent.main import Receiver
+    from gateway.services import build_services
+
+    path = tmp_path / "agent.sock"
+    agent_end = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    agent_end.bind(str(path))
+    agent_end.settimeout(5)
+    worker = build_services(settings.with_(agent_socket=path))
+    agent = build_services(settings, background=False)
+    try:
+        worker.traffic.set("digits", {"weights": {"1": 100}, "shadow": {"3": 100},
+                                      "reason": "shadow test"}, "tests", None)
+        x = digits["X"][:4].astype(np.float32)
+        result = worker.dataplane.infer(
+            "digits", None, lambda _version: ({"input": x}, None), "shadowed-1")
+        assert result.version == 1 and len(result.deferred) == 1
+        result.run_deferred()
+        assert worker.shadows.submitted == 0  # nothing ran in the worker
+        receive = Receiver(agent, agent.outcomes)
+        receive(agent_end.recv(MAX_DATAGRAM))
+        deadline = time.monotonic() + 10
+        while agent.shadows.completed < 1:
+            assert time.monotonic() < deadline, "the agent never ran the copy"
+            time.sleep(0.01)
+        agent.outcomes.flush()
+        with db.read() as session:
+            row = session.scalars(select(Outcome).where(Outcome.request_id == "shadowed-1",
+                                                        Outcome.kind == "shadow")).one()
+        mlp = ort.InferenceSession(str(digits["paths"]["mlp"]),
+                                   providers=["CPUExecutionProvider"])
+        names = [o.name for o in mlp.get_outputs()]
+        expected = dict(zip(names, mlp.run(None, {"input": x}), strict=True))
+        assert row.version == 3 and row.status == 200 and row.reason == "shadow"
+        label_name = names[0]
+        assert row.prediction is not None
+        np.testing.assert_array_equal(np.asarray(row.prediction[label_name]),
+                                      expected[label_name])
+    finally:
+        agent_end.close()
+        worker.close()
+        agent.close()

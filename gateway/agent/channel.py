@@ -1,4 +1,5 @@
-"""The local channel from serving workers to the agent: unix datagrams of outcome rows.
+"""The local channel from serving workers to the agent: unix datagrams of outcome rows and
+shadow copies.
 
 A request thread only appends its row to the worker's buffer, as before. The worker's flusher
 thread, every 0.2 s, sends what accumulated as a few datagrams instead of summarising and
@@ -11,6 +12,12 @@ datagram or fails at once (queue full, agent gone), with no framing, no connecti
 nothing shared between processes that a crashed peer could leave locked. A batch the socket
 refuses is written by the worker's own outcome log instead: nothing is dropped for it.
 
+Shadow copies are sent by the request thread once its response is out, one datagram each, on
+a non-blocking socket of their own: a copy the socket will not take at once (agent busy or
+down) is dropped and counted, as a full shadow pool drops it. A copy travels as `S`, a 4-byte
+header length, a JSON header (model, version, request id, revision, fingerprint, and each
+input's name, dtype and shape) and the inputs' raw bytes, so arrays cross without a text form.
+
 Rows travel as JSON (orjson): numpy arrays as lists, the timestamp as RFC 3339; the agent turns
 them back into what `gateway.outcomes.log.complete_row` summarises.
 """
@@ -21,13 +28,16 @@ import hashlib
 import logging
 import os
 import socket
+import struct
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import orjson
 
+from gateway.serving.shadow import ShadowCopy
 from registry.records import OutcomeRow
 
 log = logging.getLogger(__name__)
@@ -73,6 +83,48 @@ def decode_rows(data: bytes) -> list[OutcomeRow]:
     return cast(list[OutcomeRow], rows)
 
 
+SHADOW_TAG = b"S"
+_HEADER_LENGTH = struct.Struct("<I")
+
+
+def encode_shadow(copy: ShadowCopy) -> bytes | None:
+    """The copy as one datagram; None when it cannot travel as one (too large, not numeric)."""
+    arrays = [(name, np.ascontiguousarray(value)) for name, value in copy.inputs.items()]
+    if any(a.dtype.hasobject for _, a in arrays):
+        return None
+    if sum(a.nbytes for _, a in arrays) > MAX_DATAGRAM - 4096:
+        return None
+    header = orjson.dumps({"model": copy.model, "version": copy.version,
+                           "request_id": copy.request_id, "revision": copy.revision,
+                           "fingerprint": copy.fingerprint,
+                           "inputs": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]})
+    return b"".join([SHADOW_TAG, _HEADER_LENGTH.pack(len(header)), header,
+                     *(a.tobytes() for _, a in arrays)])
+
+
+def decode_shadow(data: bytes) -> ShadowCopy:
+    """Raises ValueError (or KeyError, TypeError) on a datagram our workers did not make."""
+    if not data.startswith(SHADOW_TAG) or len(data) < 5:
+        raise ValueError("not a shadow copy")
+    (length,) = _HEADER_LENGTH.unpack_from(data, 1)
+    header = orjson.loads(data[5:5 + length])
+    offset = 5 + length
+    inputs: dict[str, np.ndarray] = {}
+    for name, dtype, shape in header["inputs"]:
+        kind = np.dtype(dtype)
+        if not isinstance(shape, list) or any(not isinstance(d, int) or d < 0 for d in shape):
+            raise ValueError("a shadow copy's shape is not a list of sizes")
+        count = int(np.prod(shape, dtype=np.int64))
+        if kind.hasobject or offset + count * kind.itemsize > len(data):
+            raise ValueError("a shadow copy's inputs do not match its header")
+        inputs[str(name)] = np.frombuffer(data, kind, count, offset).reshape(shape)
+        offset += count * kind.itemsize
+    if offset != len(data):
+        raise ValueError("a shadow copy's inputs do not match its header")
+    return ShadowCopy(str(header["model"]), int(header["version"]), str(header["request_id"]),
+                      header["revision"], str(header["fingerprint"]), inputs)
+
+
 class AgentSender:
     """The worker's end: False means "keep them yourself". Called by the worker's flusher
     thread with each batch it takes (every 0.2 s), never by a request, which only appends
@@ -82,6 +134,9 @@ class AgentSender:
         self.path = path
         self._sock: socket.socket | None = None
         self._pid = -1
+        self._shadow_sock: socket.socket | None = None
+        self._shadow_pid = -1
+        self._lock = threading.Lock()
         self.sent = 0
         self.refused = 0
 
@@ -117,7 +172,28 @@ class AgentSender:
         half = len(rows) // 2
         return self._parts(rows[:half]) + self._parts(rows[half:])
 
+    def send_shadow(self, copy: ShadowCopy) -> bool | None:
+        """From the request thread, after its response: one non-blocking send. True sent,
+        False dropped (the agent's queue is full or it is down), None not sendable."""
+        data = encode_shadow(copy)
+        if data is None:
+            return None
+        sock = self._shadow_sock
+        if sock is None or self._shadow_pid != os.getpid():
+            with self._lock:  # request threads of a gthread worker share one socket
+                if self._shadow_sock is None or self._shadow_pid != os.getpid():
+                    self._shadow_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    self._shadow_sock.setblocking(False)
+                    self._shadow_pid = os.getpid()
+                sock = self._shadow_sock
+        try:
+            sock.sendto(data, self.path)
+        except OSError:  # BlockingIOError (full), ConnectionRefused/FileNotFound (down)
+            return False
+        return True
+
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in (self._sock, self._shadow_sock):
+            if sock is not None:
+                sock.close()
+        self._sock = self._shadow_sock = None

@@ -1,15 +1,18 @@
-"""The agent process: writes the outcome rows the workers send, and drives rollouts.
+"""The agent process: writes the outcome rows the workers send, runs their shadow copies, and
+drives rollouts.
 
 One per `gateway serve` (started, restarted and stopped by it, `gateway.cli.serve`). It binds
 the channel's socket (`gateway.agent.channel`), puts every row it receives into an `OutcomeLog`
-(batched inserts, a spool while the database is down, exactly as a worker's own log would), and
-runs the rollout controller, so the host looks at rollouts once rather than once per worker. Its log
+(batched inserts, a spool while the database is down, exactly as a worker's own log would),
+runs each shadow copy in its pool at nice 19 and logs its row, and runs the rollout controller,
+so the host looks at rollouts once rather than once per worker. Its log
 counts into the same Prometheus metrics as the workers' (multiprocess mode), so `/metrics` shows
 its queue, lag and spool. On SIGTERM it reads what is still queued on the socket, writes it, and
 exits.
 
 Loss bound: a SIGKILL of the agent loses the rows it holds (at most one flush interval's worth
-plus the socket's queue); rows sent while it is down are refused and kept by the workers.
+plus the socket's queue) and the shadow copies queued in it; rows sent while it is down are
+refused and kept by the workers, shadow copies sent then are dropped and counted.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import socket
 import sys
 from pathlib import Path
 
-from gateway.agent.channel import MAX_DATAGRAM, decode_rows
+from gateway.agent.channel import MAX_DATAGRAM, SHADOW_TAG, decode_rows, decode_shadow
 from gateway.outcomes.log import OutcomeLog
-from gateway.services import build_services
+from gateway.services import Services, build_services
+from gateway.serving.dataplane import run_shadow
+from gateway.serving.shadow import ShadowCopy
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.agent")
@@ -61,30 +66,58 @@ def run(settings: Settings, socket_file: Path) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is gateway serve's
     services.controller.ensure_started()
     sock.settimeout(0.2)
+    take = Receiver(services, outcomes)
     try:
         while not stopping:
             with contextlib.suppress(TimeoutError):  # wakes to notice SIGTERM
-                _take(outcomes, sock.recv(MAX_DATAGRAM))
+                take(sock.recv(MAX_DATAGRAM))
         sock.setblocking(False)
         while True:  # what the workers sent before they stopped
             try:
-                _take(outcomes, sock.recv(MAX_DATAGRAM))
+                take(sock.recv(MAX_DATAGRAM))
             except BlockingIOError:
                 break
     finally:
         sock.close()
         socket_file.unlink(missing_ok=True)
         services.controller.stop()
+        services.shadows.stop()  # copies still queued are dropped: they are only shadows
         outcomes.close()
         services.close()
 
 
-def _take(outcomes: OutcomeLog, data: bytes) -> None:
-    try:
-        for row in decode_rows(data):
-            outcomes.record(row)
-    except (ValueError, KeyError, TypeError) as exc:  # never from our workers; keep going
-        log.warning("ignoring a malformed outcome datagram: %s", exc)
+class Receiver:
+    """Dispatches one datagram: a batch of outcome rows to the log, a shadow copy to the pool."""
+
+    def __init__(self, services: Services, outcomes: OutcomeLog) -> None:
+        self.services = services
+        self.outcomes = outcomes
+
+    def __call__(self, data: bytes) -> None:
+        try:
+            if data.startswith(SHADOW_TAG):
+                self._shadow(decode_shadow(data))
+            else:
+                for row in decode_rows(data):
+                    self.outcomes.record(row)
+        except (ValueError, KeyError, TypeError) as exc:  # never from our workers; keep going
+            log.warning("ignoring a malformed datagram: %s", exc)
+
+    def _shadow(self, copy: ShadowCopy) -> None:
+        services = self.services
+
+        def run() -> None:
+            try:
+                version, _ = services.catalog.version(copy.model, copy.version)
+            except Exception as exc:  # archived or removed since: logged as a failed copy
+                log.warning("shadow copy of %s v%s skipped: %s", copy.model, copy.version, exc)
+                return
+            row = run_shadow(services.runtime, version, copy)
+            self.outcomes.record(row)
+            services.metrics.outcome(row)
+
+        if not services.shadows.submit(run):
+            services.metrics.shadow_dropped.labels(copy.model).inc()
 
 
 def main(argv: list[str] | None = None) -> int:

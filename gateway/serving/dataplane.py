@@ -22,7 +22,7 @@ from gateway.prometheus_metrics import Metrics
 from gateway.serving.catalog import Catalog, Snapshot, VersionInfo
 from gateway.serving.request_ids import FreshIds, RequestIds
 from gateway.serving.runtime import ModelRuntime
-from gateway.serving.shadow import ShadowPool
+from gateway.serving.shadow import ShadowCopy, ShadowPool
 from gateway.traffic.policy import choose_version, shadow_draws
 from gateway.traffic.sync import PolicyCache
 from registry.errors import Conflict, GatewayError, InvalidInput, Unavailable
@@ -73,7 +73,11 @@ class InferenceResult:
 class DataPlane:
     def __init__(self, catalog: Catalog, runtime: ModelRuntime, policies: PolicyCache,
                  shadows: ShadowPool, outcomes: OutcomeLog, ids: RequestIds,
-                 metrics: Metrics, input_sample_rate: float = 0.0) -> None:
+                 metrics: Metrics, input_sample_rate: float = 0.0,
+                 forward_shadow: Callable[[ShadowCopy], bool | None] | None = None) -> None:
+        """`forward_shadow`: hands a copy to the agent; True sent, False dropped (channel
+        full or agent down), None not sendable (run it in this worker's pool)."""
+        self.forward_shadow = forward_shadow
         self.metrics = metrics
         self.input_sample_rate = input_sample_rate
         self._draw = random.Random().random  # sampling for drift, not for security
@@ -137,7 +141,7 @@ class DataPlane:
                 raise InvalidInput(f"the model could not run on this input: {message}"
                                    ) from None
         except GatewayError as exc:
-            self._record(self._row(model, request_id, choice.version.version, "primary",
+            self._record(outcome_row(model, request_id, choice.version.version, "primary",
                                    choice.reason, choice.revision, started,
                                    status=exc.status, error_code=exc.code, caller=caller))
             raise
@@ -148,7 +152,7 @@ class DataPlane:
             model_ms=(finished - run_started) * 1000, total_ms=(finished - started) * 1000,
         )
         fingerprint = input_fingerprint(inputs)
-        self._record(self._row(
+        self._record(outcome_row(
             model, request_id, result.version, "primary", choice.reason, choice.revision, started,
             model_ms=result.model_ms, outputs=outputs, fingerprint=fingerprint,
             inputs=self._sample(choice.version, inputs), caller=caller))
@@ -172,44 +176,54 @@ class DataPlane:
         self.outcomes.record(row)
         self.metrics.outcome(row)
 
-    def _row(self, model: str, request_id: str, version: int, kind: Kind, reason: Reason,
-             revision: int | None, started: float, status: int = 200,
-             error_code: str | None = None, model_ms: float | None = None,
-             outputs: dict[str, np.ndarray] | None = None, fingerprint: str | None = None,
-             inputs: tuple[np.ndarray, ...] | None = None, caller: str | None = None
-             ) -> OutcomeRow:
-        return {
-            "request_id": request_id, "model": model,
-            "version": version, "kind": kind, "reason": reason, "revision": revision,
-            "ts": now(), "latency_ms": (time.perf_counter() - started) * 1000,
-            "model_ms": model_ms, "status": status, "error_code": error_code,
-            "outputs": outputs, "input_sha256": fingerprint, "inputs": inputs,
-            "caller": caller,
-        }
-
     def _shadow_job(self, version: VersionInfo, inputs: dict[str, np.ndarray],
                     request_id: str, revision: int | None, fingerprint: str
                     ) -> Callable[[], None]:
+        copy = ShadowCopy(version.model, version.version, request_id, revision, fingerprint,
+                          inputs)
+
         def run() -> None:
-            started = time.perf_counter()
-            try:
-                loaded = self.runtime.get(version)
-                run_started = time.perf_counter()
-                outputs = loaded.run(inputs, None)
-            except Exception as exc:
-                code = exc.code if isinstance(exc, GatewayError) else "model_error"
-                self._record(self._row(version.model, request_id, version.version,
-                                               "shadow", "shadow", revision, started,
-                                               status=500, error_code=code))
-                return
-            model_ms = (time.perf_counter() - run_started) * 1000
-            self._record(self._row(version.model, request_id, version.version,
-                                           "shadow", "shadow", revision, started,
-                                           model_ms=model_ms, outputs=outputs,
-                                           fingerprint=fingerprint))
+            self._record(run_shadow(self.runtime, version, copy))
 
         def submit() -> None:
-            if not self.shadows.submit(run):
+            sent = self.forward_shadow(copy) if self.forward_shadow is not None else None
+            if sent is None:  # no agent, or a copy too large for its channel: run it here
+                sent = self.shadows.submit(run)
+            if not sent:
                 self.metrics.shadow_dropped.labels(version.model).inc()
 
         return submit
+
+
+def outcome_row(model: str, request_id: str, version: int, kind: Kind, reason: Reason,
+                revision: int | None, started: float, status: int = 200,
+                error_code: str | None = None, model_ms: float | None = None,
+                outputs: dict[str, np.ndarray] | None = None, fingerprint: str | None = None,
+                inputs: tuple[np.ndarray, ...] | None = None, caller: str | None = None
+                ) -> OutcomeRow:
+    return {
+        "request_id": request_id, "model": model,
+        "version": version, "kind": kind, "reason": reason, "revision": revision,
+        "ts": now(), "latency_ms": (time.perf_counter() - started) * 1000,
+        "model_ms": model_ms, "status": status, "error_code": error_code,
+        "outputs": outputs, "input_sha256": fingerprint, "inputs": inputs,
+        "caller": caller,
+    }
+
+
+def run_shadow(runtime: ModelRuntime, version: VersionInfo, copy: ShadowCopy) -> OutcomeRow:
+    """Run one shadow copy and return its outcome row: the same in a worker's pool and in
+    the agent's. A failure is a row too (status 500), so a broken shadow shows in analytics."""
+    started = time.perf_counter()
+    try:
+        loaded = runtime.get(version)
+        run_started = time.perf_counter()
+        outputs = loaded.run(copy.inputs, None)
+    except Exception as exc:
+        code = exc.code if isinstance(exc, GatewayError) else "model_error"
+        return outcome_row(copy.model, copy.request_id, copy.version, "shadow", "shadow",
+                           copy.revision, started, status=500, error_code=code)
+    model_ms = (time.perf_counter() - run_started) * 1000
+    return outcome_row(copy.model, copy.request_id, copy.version, "shadow", "shadow",
+                       copy.revision, started, model_ms=model_ms, outputs=outputs,
+                       fingerprint=copy.fingerprint)

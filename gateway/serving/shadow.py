@@ -1,5 +1,10 @@
 """Shadow copies: run after the caller has its answer, in a bounded pool at low OS priority.
 
+Under `gateway serve` a worker runs none itself: it hands each copy (`ShadowCopy`) to the agent
+process (`gateway.agent`), whose pool runs it, so shadow inference never takes a serving
+worker's GIL. A worker without an agent (tests, a bare `gunicorn wsgi:app`), or a copy too large
+for the channel, uses a pool in the worker itself.
+
 A copy that finds the queue full is dropped and counted, never queued without bound. Pool
 threads lower their own scheduling priority (Linux applies `setpriority` to a thread id), and
 onnxruntime runs a session with one intra-op thread on the calling thread, so shadow inference
@@ -14,12 +19,27 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 
 from gateway.per_process import OncePerProcess
 
 log = logging.getLogger(__name__)
 
 SHADOW_NICE = 19
+
+
+@dataclass(frozen=True)
+class ShadowCopy:
+    """One request's inputs, to be run on `version` of `model` and logged as its shadow row."""
+
+    model: str
+    version: int
+    request_id: str
+    revision: int | None
+    fingerprint: str
+    inputs: dict[str, np.ndarray]
 
 
 class ShadowPool:
