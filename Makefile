@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-quick bench-workers soak clean
+.PHONY: demo test lint bench bench-quick bench-workers bench-peers bench-peers-setup soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -40,6 +40,18 @@ bench-quick: $(STAMP)
 	    $(BENCH_ARGS)
 
 # gunicorn worker class and threads per worker, compared in one interleaved run (about 12 min).
+# The gateway beside the floor, MLServer and KServe (bench/versus.py); the peers run from their
+# own virtualenvs under .bench-peers/ (their pins clash with ours), made by bench-peers-setup.
+bench-peers-setup:
+	test -x .bench-peers/mlserver/bin/python || python3 -m venv .bench-peers/mlserver
+	.bench-peers/mlserver/bin/pip install --quiet 'mlserver==1.7.*' 'onnxruntime>=1.17' 'uvloop<0.21'
+	test -x .bench-peers/kserve/bin/python || python3 -m venv .bench-peers/kserve
+	.bench-peers/kserve/bin/pip install --quiet 'kserve==0.21.*' 'onnxruntime>=1.17'
+
+bench-peers: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench needs wrk: sudo apt-get install wrk"; exit 2; }
+	$(BIN)/python -m bench.versus --seconds 5 --rounds 3 --out bench/results/versus.md $(BENCH_ARGS)
+
 bench-workers: $(STAMP)
 	@command -v wrk >/dev/null || { echo "bench needs wrk: sudo apt-get install wrk"; exit 2; }
 	$(BIN)/python -m bench.worker_config --out bench/results/workers.md $(BENCH_ARGS)
