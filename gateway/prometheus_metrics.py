@@ -86,17 +86,20 @@ class DriftCollector:
         self._gauges = gauges
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        psi = GaugeMetricFamily("gateway_drift_psi", "Input drift of a version: the largest "
-                                "per-feature PSI of its sampled inputs against its evaluation "
-                                "reference", labels=["model", "version"])
-        samples = GaugeMetricFamily("gateway_drift_samples", "Sampled input rows the drift "
-                                    "score of a version rests on", labels=["model", "version"])
+        psi = GaugeMetricFamily("gateway_drift_psi", DRIFT_PSI_HELP, labels=["model", "version"])
+        samples = GaugeMetricFamily("gateway_drift_samples", DRIFT_SAMPLES_HELP,
+                                    labels=["model", "version"])
         for model, version, score, rows in self._gauges():
             samples.add_metric([model, str(version)], rows)
             if score is not None:
                 psi.add_metric([model, str(version)], score)
         yield psi
         yield samples
+
+
+DRIFT_PSI_HELP = ("Input drift of a version: the largest per-feature PSI of its sampled inputs "
+                  "against its evaluation reference")
+DRIFT_SAMPLES_HELP = "Sampled input rows the drift score of a version rests on"
 
 
 class Metrics:
@@ -155,7 +158,8 @@ class Metrics:
             "From a traffic policy change being published to this worker routing by it",
             ["model"], buckets=PROPAGATION_BUCKETS, registry=own)
         self._policies: Callable[[], dict[str, TrafficPolicy]] = dict
-        self._drift: DriftGauges = list
+        self._drift: DriftGauges | None = list
+        self._drift_gauges: tuple[Gauge, Gauge] | None = None
         # labels() takes a lock and builds a key per call; a request's children are looked up
         # once per (model, version, kind, status) and reused
         self._children: dict[tuple[str, int, str, int], tuple[Any, ...]] = {}
@@ -171,7 +175,29 @@ class Metrics:
         self._policies = policies
 
     def watch_drift(self, gauges: DriftGauges) -> None:
+        """Compute drift at scrape time in this process (no agent to do it)."""
         self._drift = gauges
+
+    def drift_from_agent(self) -> None:
+        """A serving worker beside an agent: the agent publishes drift (`publish_drift`), so
+        a scrape answered here computes none."""
+        self._drift = None
+
+    def publish_drift(self, rows: list[tuple[str, int, float | None, int]]) -> None:
+        """The agent's side: drift as multiprocess gauges that every worker's `/metrics`
+        reads from the shared directory (gone with the agent's process, until it is back)."""
+        if self._drift_gauges is None:
+            labels = ["model", "version"]
+            self._drift_gauges = (
+                Gauge("gateway_drift_psi", DRIFT_PSI_HELP, labels, registry=self._own,
+                      multiprocess_mode="livemostrecent"),
+                Gauge("gateway_drift_samples", DRIFT_SAMPLES_HELP, labels, registry=self._own,
+                      multiprocess_mode="livemostrecent"))
+        psi, samples = self._drift_gauges
+        for model, version, score, count in rows:
+            samples.labels(model, str(version)).set(count)
+            if score is not None:
+                psi.labels(model, str(version)).set(score)
 
     def _outcome_children(self, model: str, version: int, kind: str, status: int
                           ) -> tuple[Any, ...]:
@@ -210,5 +236,6 @@ class Metrics:
             registry = self._own
         policy_registry = CollectorRegistry()
         policy_registry.register(PolicyCollector(self._policies))
-        policy_registry.register(DriftCollector(self._drift))
+        if self._drift is not None:
+            policy_registry.register(DriftCollector(self._drift))
         return generate_latest(registry) + generate_latest(policy_registry), CONTENT_TYPE_LATEST

@@ -67,6 +67,7 @@ class Services:
     def start(self) -> None:
         """Start this process's background refreshers now rather than on the first request.
         Beside an agent (`gateway.agent`), the rollout controller runs there instead."""
+        self.catalog.on_poll(self.tokens.refresh_stale, self.tokens.refresh_every)
         self.catalog.ensure_started()
         self.policies.ensure_started()
         self.outcomes.start()
@@ -137,7 +138,10 @@ def build_services(settings: Settings, *, background: bool = True) -> Services:
                             model, action).inc())
     drift = DriftMonitor(db, settings.drift_threshold, settings.drift_window,
                          settings.drift_refresh_seconds)
-    metrics.watch_drift(drift.gauges)
+    if settings.agent_socket is not None:
+        metrics.drift_from_agent()  # the agent computes it, off the serving workers
+    else:
+        metrics.watch_drift(drift.gauges)
     dataplane = DataPlane(catalog, runtime, policies, shadows, outcomes,
                           RequestIds(client, settings.redis_prefix), metrics,
                           input_sample_rate=settings.input_sample_rate,

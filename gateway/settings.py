@@ -129,6 +129,11 @@ class Settings:
         20.0, "GATEWAY_REQUEST_TIMEOUT",
         "time to receive a whole request (headers and body); slower clients get `408` and the "
         "worker moves on (`gateway/web/workers.py`)", shown="20 (s)", minimum=1)
+    keepalive_seconds: int = setting(
+        5, "GATEWAY_KEEPALIVE_SECONDS",
+        "how long a client connection is kept open between requests (HTTP/1.1 keep-alive, "
+        "served without threads by the sync worker); 0 closes every connection after one "
+        "response", shown="5 (s)", minimum=0)
     outcome_buffer: int = setting(
         100_000, "GATEWAY_OUTCOME_BUFFER",
         "outcome rows a worker keeps in memory while neither the database nor the spool takes "
@@ -142,12 +147,14 @@ class Settings:
         1.0, "GATEWAY_FEEDBACK_WAIT_SECONDS",
         "how long feedback for an id not yet in the database waits for its outcome to land "
         "before answering `404`", shown="1 (s)", minimum=0, maximum=30)
-    shadow_workers: int = setting(1, "GATEWAY_SHADOW_WORKERS", "shadow threads per worker",
-                                  shown="1", minimum=1)
+    shadow_workers: int = setting(
+        1, "GATEWAY_SHADOW_WORKERS",
+        "shadow threads of the agent (of each worker without `gateway serve`)", shown="1",
+        minimum=1)
     shadow_queue: int = setting(
         64, "GATEWAY_SHADOW_QUEUE",
-        "queued shadow copies per worker; a copy that finds the queue full is dropped and "
-        "counted", shown="64", minimum=1)
+        "queued shadow copies in the agent (in each worker without `gateway serve`); a copy "
+        "that finds the queue full is dropped and counted", shown="64", minimum=1)
     session_cache_count: int = setting(32, "GATEWAY_SESSION_CACHE_COUNT",
                                        "onnxruntime sessions kept per worker (LRU)",
                                        shown="32", minimum=1)

@@ -102,5 +102,14 @@ def load_token(db: Database, key_id: str) -> TokenRecord | None:
                            row.revoked_at is not None)
 
 
+def load_tokens(db: Database, key_ids: list[str]) -> dict[str, TokenRecord]:
+    """Several records in one query (the refresher of a worker's token cache)."""
+    with db.read() as session:
+        rows = session.scalars(select(ApiToken).where(ApiToken.key_id.in_(key_ids)))
+        return {row.key_id: TokenRecord(row.key_id, row.name, row.role, row.salt,
+                                        row.secret_hash, row.revoked_at is not None)
+                for row in rows}
+
+
 def secret_matches(record: TokenRecord, secret: str) -> bool:
     return hmac.compare_digest(_digest(record.salt, secret), record.secret_hash)

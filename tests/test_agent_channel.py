@@ -20,6 +20,7 @@ from gateway.agent.channel import (
     decode_shadow,
     encode_shadow,
 )
+from gateway.agent.main import bind
 from gateway.outcomes.log import complete_row
 from gateway.serving.shadow import ShadowCopy
 from registry.tables import Outcome
@@ -39,21 +40,30 @@ def _rows(count: int) -> list:
 
 def test_rows_cross_the_socket_and_summarise_as_in_the_worker(tmp_path):
     path = tmp_path / "agent.sock"
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(path))
+    receiver = bind(path)  # the agent's own socket set-up
     receiver.settimeout(5)
-    received: list = []
+    datagrams: list[bytes] = []
+    done = threading.Event()
 
-    def receive() -> None:  # the agent's loop, reading as the worker sends
-        while len(received) < 2000:
-            received.extend(decode_rows(receiver.recv(MAX_DATAGRAM)))
+    def receive() -> None:  # the agent's loop, reading as the worker sends (decoded after)
+        while not done.is_set():
+            try:
+                datagrams.append(receiver.recv(MAX_DATAGRAM))
+            except TimeoutError:
+                return
 
     reader = threading.Thread(target=receive)
     reader.start()
     sender = AgentSender(str(path))
     rows = _rows(2000)  # several datagrams, more than the kernel lets be in flight at once
     assert sender.send(rows)
+    deadline = time.monotonic() + 10
+    while sum(len(decode_rows(d)) for d in list(datagrams)) < 2000:
+        assert time.monotonic() < deadline, "not every row arrived"
+        time.sleep(0.05)
+    done.set()
     reader.join(10)
+    received = [row for data in datagrams for row in decode_rows(data)]
     assert len(received) == 2000 and sender.sent == 2000
     for original, arrived in zip(rows, received, strict=True):
         want = complete_row({**original, "outputs": dict(original["outputs"])})

@@ -395,3 +395,50 @@ def test_a_database_error_leaves_metrics_and_the_dashboard_up(
             session.execute(text("ALTER TABLE evaluations_away RENAME TO evaluations"))
     body = client.get("/analytics/models/digits/drift", headers=analyst).get_json()
     assert body["versions"][0]["samples"] == 64  # nothing cached from the failure
+
+
+@pytest.mark.timeout(120)
+def test_served_drift_is_computed_by_the_agent_and_shown_by_every_worker(
+        settings, db, digits, role_tokens, tmp_path, database_url):
+    """Under `gateway serve` the agent computes drift and every worker's `/metrics` shows it
+    (one family, the hand-computed score); a scrape computes nothing in the worker."""
+    import time
+    import urllib.request
+
+    import orjson
+
+    from tests.conftest import server_env
+    from tests.server import gateway_server
+
+    if not database_url.startswith("sqlite"):
+        pytest.skip("who computes drift does not depend on the database kind")
+    X = digits["X"]
+    live = training_rows(X)[:640]
+    add_reference(db, 1, X)
+    expected = max(hand_scores(X, live))
+    env = {**server_env(settings), "GATEWAY_INPUT_SAMPLE_RATE": "1",
+           "GATEWAY_DRIFT_REFRESH_SECONDS": "1"}
+    with gateway_server(env, cwd=tmp_path) as base:
+        for start in range(0, len(live), 32):
+            request = urllib.request.Request(
+                f"{base}/predict", method="POST",
+                data=orjson.dumps({"model": "digits", "inputs": live[start:start + 32].tolist()}),
+                headers={"Authorization": f"Bearer {role_tokens['app']}",
+                         "Content-Type": "application/json", "X-Model-Version": "1"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+                scrape = response.read().decode()
+            if metric_values(scrape, "gateway_drift_samples").get("1") == 640.0:
+                break
+            assert time.monotonic() < deadline, "the agent never published drift"
+            time.sleep(0.3)
+        for _ in range(6):  # fresh connections: both workers answer some of these
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+                scrape = response.read().decode()
+            assert scrape.count("# HELP gateway_drift_psi ") == 1
+            assert metric_values(scrape, "gateway_drift_psi")["1"] == pytest.approx(
+                expected, rel=1e-9)
+            assert metric_values(scrape, "gateway_drift_samples") == {"1": 640.0}

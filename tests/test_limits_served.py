@@ -21,6 +21,7 @@ from tests.server import gateway_server
 pytestmark = pytest.mark.timeout(180)
 
 TIMEOUT_S = 2
+KEEPALIVE_S = 1
 
 
 @pytest.fixture
@@ -42,10 +43,12 @@ def raw_request(port: int, data: bytes, timeout: float = 10) -> bytes:
     return b"".join(chunks)
 
 
-def predict_request(token: str, row: list[float]) -> bytes:
+def predict_request(token: str, row: list[float], close: bool = True) -> bytes:
+    """`close`: ask the server to close after answering (`raw_request` reads to the end)."""
     body = orjson.dumps({"model": "digits", "inputs": [row]})
     return (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + token.encode() + b"\r\n"
+            + (b"Connection: close\r\n" if close else b"")
+            + b"Authorization: Bearer " + token.encode() + b"\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
@@ -84,7 +87,8 @@ def drip(port: int, prefix: bytes, results: list, every: float = 0.3) -> None:
 
 @pytest.fixture
 def served(settings, digits, role_tokens, tmp_path, sqlite_only):
-    env = {**server_env(settings), "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S)}
+    env = {**server_env(settings), "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S),
+           "GATEWAY_KEEPALIVE_SECONDS": str(KEEPALIVE_S)}
     with gateway_server(env, cwd=tmp_path) as base:
         yield base, role_tokens["app"], digits["X"][0].tolist()
 
@@ -164,4 +168,134 @@ def test_ten_thousand_deep_json_is_400_and_the_worker_lives(served):
         assert status == 400 and payload["error"]["code"] == "invalid_input", payload
     status, payload = status_and_body(raw_request(port, predict_request(token, row)))
     assert status == 200
+    assert workers_of(base) == before
+
+
+def read_response(sock: socket.socket, pending: bytes = b"") -> tuple[int, dict, dict, bytes]:
+    """One response off a kept-alive connection, by its Content-Length: status, headers
+    (lower-case names), JSON body, and the bytes after it (a pipelined next response)."""
+    data = pending
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"the server closed the connection; had {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("the server closed the connection mid-body")
+        rest += chunk
+    return int(lines[0].split(" ", 2)[1]), headers, orjson.loads(rest[:length]), rest[length:]
+
+
+def expected_labels(digits: dict, row: list[float]) -> dict[int, int]:
+    """What onnxruntime itself answers for the row, by registered version."""
+    import numpy as np
+    import onnxruntime as ort
+
+    x = np.asarray([row], dtype=np.float32)
+    return {number: int(ort.InferenceSession(str(digits["paths"][name]),
+                                             providers=["CPUExecutionProvider"]
+                                             ).run(None, {"input": x})[0][0])
+            for name, number in digits["versions"].items()}
+
+
+def test_one_connection_carries_many_requests_and_idle_ones_are_closed(served, digits):
+    base, token, row = served
+    port = int(base.rsplit(":", 1)[1])
+    labels = expected_labels(digits, row)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for _ in range(5):  # one after another on the same socket
+            sock.sendall(predict_request(token, row, close=False))
+            status, headers, body, rest = read_response(sock)
+            assert status == 200 and rest == b""
+            assert headers.get("connection", "keep-alive").lower() != "close", headers
+            assert body["outputs"]["label"] == [labels[body["version"]]], body
+        # two requests in one write (pipelining): two answers, in order
+        sock.sendall(predict_request(token, row, close=False) + predict_request(
+            token, [0.0] * 64, close=False))
+        status, _, first, rest = read_response(sock)
+        status2, _, second, rest = read_response(sock, rest)
+        assert (status, status2, rest) == (200, 200, b"")
+        assert first["outputs"]["label"] == [labels[first["version"]]]
+        assert second["request_id"] != first["request_id"]
+        # an error answer keeps the connection too: the next request is served
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+                     b"Authorization: Bearer " + token.encode() + b"\r\n\r\n[]")
+        status, _, body, _ = read_response(sock)
+        assert status == 400 and body["error"]["code"] == "invalid_input", body
+        # `Connection: close` is honoured: the answer, then the end of the stream
+        sock.sendall(predict_request(token, row, close=True))
+        status, headers, _, rest = read_response(sock)
+        assert status == 200 and headers["connection"].lower() == "close"
+        assert rest == b"" and sock.recv(100) == b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(predict_request(token, row, close=False))
+        assert read_response(sock)[0] == 200
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the server once idle for KEEPALIVE_S
+        assert KEEPALIVE_S - 0.3 <= time.monotonic() - started <= KEEPALIVE_S + 3
+
+
+def test_more_kept_connections_than_workers_are_all_served(served, digits):
+    """12 connections kept open against 2 workers, each sending in turn: every request is
+    answered on its own connection (none starves behind another worker's kept ones)."""
+    base, token, row = served
+    port = int(base.rsplit(":", 1)[1])
+    labels = expected_labels(digits, row)
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(12)]
+    try:
+        answered = 0
+        for _ in range(10):
+            for sock in socks:
+                sock.sendall(predict_request(token, row, close=False))
+            for sock in socks:
+                status, _, body, rest = read_response(sock)
+                assert status == 200 and rest == b""
+                assert body["outputs"]["label"] == [labels[body["version"]]]
+                answered += 1
+        assert answered == 120
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_slow_headers_on_a_kept_connection_get_408_and_free_the_worker(served):
+    base, token, row = served
+    port = int(base.rsplit(":", 1)[1])
+    before = workers_of(base)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    try:
+        sock.sendall(predict_request(token, row, close=False))
+        assert read_response(sock)[0] == 200
+        started = time.monotonic()
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        answer = b""
+        sock.settimeout(0.3)
+        while time.monotonic() - started < 15:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    break
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+    assert TIMEOUT_S - 0.5 <= took <= TIMEOUT_S + 5, took
+    status, body = status_and_body(answer)
+    assert status == 408 and body["error"]["code"] == "request_timeout", answer
+    status, body = status_and_body(raw_request(port, predict_request(token, row)))
+    assert status == 200 and body["version"] in (1, 2, 3)
     assert workers_of(base) == before

@@ -4,8 +4,9 @@ drives rollouts.
 One per `gateway serve` (started, restarted and stopped by it, `gateway.cli.serve`). It binds
 the channel's socket (`gateway.agent.channel`), puts every row it receives into an `OutcomeLog`
 (batched inserts, a spool while the database is down, exactly as a worker's own log would),
-runs each shadow copy in its pool at nice 19 and logs its row, and runs the rollout controller,
-so the host looks at rollouts once rather than once per worker. Its log
+runs each shadow copy in its pool at nice 19 and logs its row, computes input drift every
+`drift_refresh_seconds` for every worker's `/metrics`, and runs the rollout controller, so the
+host looks at rollouts once rather than once per worker. Its log
 counts into the same Prometheus metrics as the workers' (multiprocess mode), so `/metrics` shows
 its queue, lag and spool. On SIGTERM it reads what is still queued on the socket, writes it, and
 exits.
@@ -24,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from gateway.agent.channel import MAX_DATAGRAM, SHADOW_TAG, decode_rows, decode_shadow
@@ -65,6 +67,10 @@ def run(settings: Settings, socket_file: Path) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is gateway serve's
     services.controller.ensure_started()
+    done = threading.Event()
+    drift = threading.Thread(target=publish_drift, args=(services, done), name="drift",
+                             daemon=True)
+    drift.start()
     sock.settimeout(0.2)
     take = Receiver(services, outcomes)
     try:
@@ -80,10 +86,24 @@ def run(settings: Settings, socket_file: Path) -> None:
     finally:
         sock.close()
         socket_file.unlink(missing_ok=True)
+        done.set()
         services.controller.stop()
         services.shadows.stop()  # copies still queued are dropped: they are only shadows
         outcomes.close()
         services.close()
+
+
+def publish_drift(services: Services, done: threading.Event) -> None:
+    """Drift scores for `/metrics`, computed here every `drift_refresh_seconds` (at least 1 s)
+    instead of in the serving worker that answers a scrape."""
+    every = max(1.0, services.settings.drift_refresh_seconds)
+    while True:
+        try:
+            services.metrics.publish_drift(services.drift.gauges())
+        except Exception:  # the next round tries again; gauges() logs database errors
+            log.exception("drift publication failed")
+        if done.wait(every):
+            return
 
 
 class Receiver:
@@ -127,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="[%(asctime)s] [%(process)d] [agent] %(message)s")
     run(Settings.from_env(), Path(args.socket))
-    return 0
+    # everything is written and closed: skip the interpreter's teardown of onnxruntime and
+    # friends (most of a stopping agent's time), which `gateway serve` waits for
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,13 @@ class Catalog:
         self._started = OncePerProcess()
         self._stop = threading.Event()
         self._listeners: list[Callable[[Snapshot], None]] = []
+        self._poll_tasks: list[tuple[Callable[[], object], float]] = []
         self.last_error: str | None = None
+
+    def on_poll(self, task: Callable[[], object], every: float) -> None:
+        """Run `task` on the poller thread every `every` seconds (renewals that must not fall
+        on a request: `TokenVerifier.refresh_stale`)."""
+        self._poll_tasks.append((task, max(0.05, every)))
 
     def on_reload(self, listener: Callable[[Snapshot], None]) -> None:
         """Call `listener` (on the poller thread) after each reload, e.g. to warm sessions."""
@@ -189,7 +195,23 @@ class Catalog:
 
     def _poll_loop(self) -> None:
         self._notify()
-        while not self._stop.wait(self._poll):
+        tick = min([self._poll, *(every for _, every in self._poll_tasks)])
+        due = [time.monotonic() + every for _, every in self._poll_tasks]
+        next_poll = time.monotonic() + self._poll
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            for i, (task, every) in enumerate(self._poll_tasks):
+                if now >= due[i]:
+                    due[i] = now + every
+                    try:
+                        task()
+                    except SQLAlchemyError:
+                        pass  # the request path falls back to its own read, then its copy
+                    except Exception:
+                        log.exception("catalog poll task failed")
+            if now < next_poll:
+                continue
+            next_poll = now + self._poll
             try:
                 if change_counter(self._db) != self._snapshot.counter:
                     self.reload()

@@ -4,7 +4,9 @@ auth hook (`gateway.web.auth`) alike, so both accept and refuse the same tokens 
 
 Verified tokens are cached for `token_cache_seconds`, which bounds how long a revoked token keeps
 working and keeps the database off the hot path; while the database is unreachable the last
-known answer stands.
+known answer stands. A serving worker renews its cached tokens before they age out, from its
+catalog poller (`refresh_stale`, one query for all of them), so a request only reads the
+registry for a token this worker has not seen yet, never to renew one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from registry.db import Database
 from registry.errors import Unauthorized, Unavailable
-from registry.tokens import TokenRecord, load_token, secret_matches, split_token
+from registry.tokens import TokenRecord, load_token, load_tokens, secret_matches, split_token
 
 # What each role may reach, by the role a blueprint asks for. `app` may give feedback, but only
 # on its own requests: `gateway.outcomes.feedback` narrows it by the token's key id (`g.caller`).
@@ -39,6 +41,7 @@ class TokenVerifier:
         # whole Authorization headers already verified: skips parsing and the salted hash
         self._verified: dict[str, tuple[float, TokenRecord]] = {}
         self._lock = threading.Lock()
+        self.refresh_every = ttl_seconds / 3
 
     def _record(self, key_id: str) -> tuple[float, TokenRecord | None]:
         """(when it was read from the registry, the record or None when unknown)."""
@@ -57,6 +60,30 @@ class TokenVerifier:
                 self._cache.clear()
             self._cache[key_id] = (now, record)
         return now, record
+
+    def refresh_stale(self) -> int:
+        """Read again, in one query, every cached token older than a third of the cache time
+        (called that often), so requests keep finding fresh entries; a revoked or deleted
+        token drops out here.
+        Returns how many were read. Raises SQLAlchemyError (the caller's loop goes on)."""
+        now = time.monotonic()
+        stale = [k for k, (at, record) in list(self._cache.items())
+                 if record is not None and now - at >= self._ttl / 3]
+        if not stale:
+            return 0
+        fresh = load_tokens(self._db, stale)
+        with self._lock:
+            for key_id in stale:
+                self._cache[key_id] = (now, fresh.get(key_id))
+            for header, (_at, record) in list(self._verified.items()):
+                if record.key_id not in fresh and record.key_id not in stale:
+                    continue
+                new = fresh.get(record.key_id)
+                if new is None or new.revoked or new.secret_hash != record.secret_hash:
+                    del self._verified[header]
+                else:
+                    self._verified[header] = (now, new)
+        return len(stale)
 
     def verify(self, header: str | None) -> TokenRecord:
         if header:

@@ -12,6 +12,10 @@
   is that each worker loads its own sessions (they are per-process anyway).
 - `worker_exit` stops each worker's background threads and drops its onnxruntime sessions
   before the interpreter shuts down (onnxruntime aborts if torn down under a live thread).
+- Connections are kept alive between requests (`GATEWAY_KEEPALIVE_SECONDS`, 5 s): the sync
+  worker waits on its listener and its idle connections with `selectors` and serves each
+  request on its one thread (`gateway/web/workers.py`), which saved 14% a request at 8
+  connections against closing each one (docs/performance.md).
 - Receiving a request is bounded by `GATEWAY_REQUEST_TIMEOUT` (20 s; `gateway/web/workers.py`):
   headers and body must arrive within it, or the client gets `408` and the worker moves on.
 - `timeout` bounds a stuck worker; `graceful_timeout` lets SIGTERM finish in-flight requests and
@@ -33,7 +37,7 @@ worker_class = ("gateway.web.workers.DeadlineSyncWorker" if _settings.worker_cla
 threads = 1 if _settings.worker_class == "sync" else _settings.threads
 timeout = _settings.worker_timeout
 graceful_timeout = 20
-keepalive = 5
+keepalive = _settings.keepalive_seconds
 preload_app = False
 limit_request_line = 8190
 limit_request_fields = 100
@@ -65,6 +69,19 @@ def child_exit(server: object, worker: object) -> None:
 
 
 def worker_exit(server: object, worker: object) -> None:
+    """Flush and close this worker's services, then leave without the interpreter's teardown
+    when the worker had booted: everything it owes is written by then, and finalising
+    onnxruntime, numpy and SQLAlchemy took 0.7 s a worker on a slow machine (a stopping
+    gateway waits for that). A worker that failed to boot exits as gunicorn decides, so the
+    master still sees its boot error."""
     app = getattr(getattr(worker, "wsgi", None), "extensions", None)
     if app is not None and "mgw" in app:
         app["mgw"].close()
+        if getattr(worker, "booted", False):
+            import logging
+            import sys
+
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)

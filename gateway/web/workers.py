@@ -17,14 +17,21 @@ This module must stay importable in gunicorn's master without loading the applic
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
+import selectors
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from gunicorn import util
+from gunicorn import http, util
+from gunicorn.http import wsgi
 from gunicorn.workers.sync import SyncWorker
 
 log = logging.getLogger(__name__)
@@ -86,6 +93,17 @@ class DeadlineSocket:
         self._headers_done = False
         self._caller_timeout: float | None = None
 
+    def next_request(self) -> None:
+        """A kept-alive connection starts another request: a fresh deadline for it."""
+        self._deadline = time.monotonic() + self._seconds
+        self._tail = b""
+        self._headers_done = False
+        self._caller_timeout = None
+
+    @property
+    def raw(self) -> socket.socket:
+        return self._sock
+
     def settimeout(self, value: float | None) -> None:
         self._caller_timeout = value
         self._sock.settimeout(value)
@@ -146,16 +164,71 @@ class DeadlineSocket:
         return getattr(self._sock, name)
 
 
+@dataclass
+class Kept:
+    """A connection between requests: its socket, its parser (which may hold bytes of the
+    next request already read) and when it went idle."""
+
+    sock: DeadlineSocket
+    addr: Any
+    listener: socket.socket
+    parser: Any = None
+    idle_since: float = 0.0
+
+
 class DeadlineSyncWorker(SyncWorker):
-    """`sync` with a per-request receive deadline; the default worker of `gateway serve`."""
+    """`sync` with a per-request receive deadline and keep-alive; the default worker of
+    `gateway serve`.
+
+    Keep-alive without threads: one loop waits (`selectors`) on the listener and on the
+    connections kept between requests, and serves whichever is readable, one request at a
+    time, on this same thread; there is no hand-off between a poller and a pool (what made
+    gthread slower here). A connection is kept for `keepalive` seconds of idleness, at most
+    `worker_connections` of them; `keepalive = 0`, TLS or several listeners give stock `sync`
+    behaviour (one request per connection).
+    """
 
     def init_process(self) -> None:
         from gateway.settings import Settings  # the same reading as the app's, once
 
         self.request_timeout = float(Settings.from_env().request_timeout_seconds)
+        self.kept: dict[int, Kept] = {}
         super().init_process()
 
+    def run(self) -> None:
+        if self.cfg.is_ssl or self.cfg.keepalive <= 0 or len(self.sockets) != 1:
+            super().run()
+            return
+        listener = self.sockets[0]
+        listener.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, None)
+        self.selector.register(self.PIPE[0], selectors.EVENT_READ, "pipe")
+        beat = min(1.0, (self.timeout or 2.0) / 2)
+        try:
+            while self.alive:
+                self.notify()
+                if not self.is_parent_alive():
+                    return
+                for key, _ in self.selector.select(beat):
+                    if key.data == "pipe":
+                        with contextlib.suppress(OSError):
+                            os.read(self.PIPE[0], 1)
+                    elif key.data is None:
+                        self._accept_pending(listener)
+                    else:
+                        self._resume(key.data)
+                    if not self.alive:
+                        break
+                self._expire_idle()
+        finally:
+            for kept in list(self.kept.values()):
+                self._forget(kept)
+                util.close_graceful(kept.sock.raw)
+            self.selector.close()
+
     def accept(self, listener: socket.socket) -> None:
+        """Stock `sync` (keep-alive off): one request per connection, with the deadline."""
         if self.cfg.is_ssl:  # TLS is terminated in front (docs/security.md); keep stock
             super().accept(listener)
             return
@@ -163,3 +236,116 @@ class DeadlineSyncWorker(SyncWorker):
         client.setblocking(True)
         util.close_on_exec(client)
         self.handle(listener, DeadlineSocket(client, self.request_timeout, self.notify), addr)
+
+    def _accept_pending(self, listener: socket.socket) -> None:
+        """Accept what is waiting (a few at a time, so kept connections take turns too)."""
+        for _ in range(8):
+            try:
+                client, addr = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EAGAIN):
+                    continue
+                raise
+            client.setblocking(True)
+            util.close_on_exec(client)
+            self._serve(Kept(DeadlineSocket(client, self.request_timeout, self.notify), addr,
+                             listener))
+            if not self.alive:
+                return
+
+    def _resume(self, kept: Kept) -> None:
+        self._forget(kept)
+        kept.sock.next_request()
+        self._serve(kept)
+
+    def _forget(self, kept: Kept) -> None:
+        if self.kept.pop(kept.sock.raw.fileno(), None) is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(kept.sock.raw)
+
+    def _serve(self, kept: Kept) -> None:
+        """Serve requests on this connection while the next one is already buffered; then
+        keep it for the next request or close it."""
+        keep = False
+        req = None
+        try:
+            while True:
+                if kept.parser is None:
+                    kept.parser = http.get_parser(self.cfg, kept.sock, kept.addr)
+                req = next(kept.parser)
+                keep = self._handle_kept(kept, req) and bool(kept.parser.finish_body(
+                    deadline=time.monotonic() + min(1.0, self.request_timeout)))
+                if not keep or not self.alive or not _buffered(kept.parser):
+                    break
+                kept.sock.next_request()  # a pipelined request already read
+        except http.errors.NoMoreData:
+            keep = False
+        except StopIteration:
+            keep = False
+        except OSError as exc:
+            keep = False
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, None):
+                self.log.exception("Socket error processing request.")
+        except Exception as exc:
+            keep = False
+            self.handle_error(req, kept.sock, kept.addr, exc)
+        if keep and self.alive:
+            kept.idle_since = time.monotonic()
+            self.kept[kept.sock.raw.fileno()] = kept
+            self.selector.register(kept.sock.raw, selectors.EVENT_READ, kept)
+        else:
+            util.close_graceful(kept.sock.raw)
+
+    def _expire_idle(self) -> None:
+        limit = time.monotonic() - self.cfg.keepalive
+        for kept in [k for k in self.kept.values() if k.idle_since < limit]:
+            self._forget(kept)
+            util.close_graceful(kept.sock.raw)
+
+    def _handle_kept(self, kept: Kept, req: Any) -> bool:
+        """`SyncWorker.handle_request` without its forced close: True when the response
+        leaves the connection open (HTTP/1.1, a known length, the client did not say close)."""
+        environ: dict[str, Any] = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            started = datetime.now()
+            resp, environ = wsgi.create(req, kept.sock, kept.addr,
+                                        kept.listener.getsockname(), self.cfg)
+            if len(self.kept) >= self.cfg.worker_connections:
+                resp.force_close()
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                for item in respiter:
+                    resp.write(item)
+                resp.close()
+            finally:
+                self.log.access(resp, req, environ, datetime.now() - started)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            return not resp.should_close()
+        except OSError:
+            raise
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:
+                self.log.exception("Error handling request")
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+
+
+def _buffered(parser: Any) -> bool:
+    """Bytes of a next request already read from the socket (a pipelining client)."""
+    buf = getattr(getattr(parser, "unreader", None), "buf", None)
+    return buf is not None and buf.getbuffer().nbytes > 0

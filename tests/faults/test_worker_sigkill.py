@@ -26,6 +26,7 @@ SIGKILL_BOUND_S = 1.0
 # was sent before the kill; this is the client's scheduling delay on a busy machine).
 CLIENT_LAG_S = 0.5
 WORKER_TIMEOUT_S = 30.0  # gunicorn_conf.timeout
+CLIENTS = 4  # Load's default: one kept-alive connection each
 
 
 @pytest.fixture
@@ -49,9 +50,11 @@ def test_sigkilled_worker_is_replaced_without_hangs_or_unbounded_loss(
         tmp_path: Path, postgresql_only: None) -> None:
     """Expectation: with 4 clients sending /predict to 2 sync workers, SIGKILL one worker.
     The gunicorn master replaces it: a new worker PID appears and answers requests. At most
-    one request fails (the one the killed sync worker held; it fails at once with a reset
-    connection, never with an HTTP error), and every client call, failed or not, ends well
-    within the 30 s worker timeout. The outcomes lost are only ones answered in the 1 s before
+    one request per client connection fails: the connections are kept alive, so each one the
+    killed worker held (serving, or idle between requests) is reset once; the request on it
+    fails at once with a reset connection, never with an HTTP error, and the client's next
+    request opens a new connection. Every client call, failed or not, ends well within the
+    30 s worker timeout. The outcomes lost are only ones answered in the 1 s before
     the kill (the flush interval plus a batch in flight); everything answered after it is
     logged, and nothing is logged twice.
 
@@ -63,7 +66,7 @@ def test_sigkilled_worker_is_replaced_without_hangs_or_unbounded_loss(
         master = gunicorn_master(base)
         wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
         before = worker_pids(master)
-        with Load(base, role_tokens["app"], row, threads=4) as load:
+        with Load(base, role_tokens["app"], row, threads=CLIENTS) as load:
             load.wait_answers(500, 60)
             victim = min(before)
             killed_at = time.monotonic()
@@ -89,7 +92,7 @@ def test_sigkilled_worker_is_replaced_without_hangs_or_unbounded_loss(
           f"{serving_in:.2f} s; {len(after)} answered after that; slowest call "
           f"{slowest.duration:.2f} s ({'ok' if slowest.ok else slowest.error})")
     assert all(c.status is None for c in failures), failures  # no HTTP error, no 5xx
-    assert len(failures) <= 1, failures
+    assert len(failures) <= CLIENTS, failures  # one per connection the dead worker held
     assert len(after) >= 500
     assert slowest.duration < WORKER_TIMEOUT_S, slowest
 
