@@ -6,7 +6,8 @@ The table of issue 16: for each case, req/s, p50 and p99 of
 - `gateway`: `gateway serve` (README defaults: SQLite, embedded Redis; 2 workers, auth on,
   outcome log on), a 90/10 policy between two versions of equal cost, `X-Routing-Key` varying;
 - `gateway-before` (with `--before PATH`): the same from another checkout, e.g. a worktree of an
-  earlier commit, for a before/after table from one run;
+  earlier commit, for a before/after table from one run; `gateway-nokeepalive`: this gateway
+  closing every connection after one response (what keep-alive is worth);
 - the peers, each from its own virtualenv (`make bench-peers-setup`), serving the same ONNX files
   with onnxruntime (1 intra-op thread) over V2 JSON bodies: MLServer 1.7 with
   `parallel_workers` 0 and 2 (`bench/peer_servers/mlserver_onnx.py`), and KServe's
@@ -119,8 +120,8 @@ def equal_twin(path: Path, out: Path) -> Path:
     return out
 
 
-def start_gateway(name: str, tree: Path, work: Path, workloads: dict[str, Workload]
-                  ) -> tuple[Server, str]:
+def start_gateway(name: str, tree: Path, work: Path, workloads: dict[str, Workload],
+                  extra_env: dict[str, str] | None = None) -> tuple[Server, str]:
     """`gateway serve` from `tree` on its own SQLite file and embedded Redis, with `digits`
     (logreg twice: versions of equal cost) and `mlp` (two seeds) at 90/10; and an app token."""
     home = work / name
@@ -129,7 +130,7 @@ def start_gateway(name: str, tree: Path, work: Path, workloads: dict[str, Worklo
     env.update({"GATEWAY_DATABASE_URL": f"sqlite:///{home}/gw.db",
                 "GATEWAY_MODEL_STORE": str(home / "store"),
                 "GATEWAY_STATE_DIR": str(home / "state"), "GATEWAY_WORKERS": "2",
-                "GATEWAY_AUTH": "on", "PYTHONPATH": str(tree)})
+                "GATEWAY_AUTH": "on", "PYTHONPATH": str(tree), **(extra_env or {})})
     gw = [sys.executable, "-m", "gateway.cli.main"]
 
     def cli(*argv: str) -> str:
@@ -309,13 +310,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", default=",".join(("floor-sync", "gateway", *PEERS)),
                         help="comma-separated: floor-sync, floor-gthread, gateway, "
-                             "gateway-before (needs --before), " + ", ".join(PEERS))
+                             "gateway-before (needs --before), gateway-nokeepalive (the same "
+                             "gateway with GATEWAY_KEEPALIVE_SECONDS=0), " + ", ".join(PEERS))
     parser.add_argument("--before", type=Path, help="a checkout to run as gateway-before")
     parser.add_argument("--out", default="bench/results/versus.md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    known = {"floor-sync", "floor-gthread", "gateway", "gateway-before", *PEERS}
+    known = {"floor-sync", "floor-gthread", "gateway", "gateway-before", "gateway-nokeepalive",
+             *PEERS}
     unknown = [s for s in args.servers if s not in known]
     if unknown or "gateway" not in args.servers or "floor-sync" not in args.servers:
         parser.error(f"--servers needs floor-sync and gateway, and knows {sorted(known)}; "
@@ -360,8 +363,9 @@ def main(argv: list[str] | None = None) -> None:
                     floor.wait_ready(lambda f=floor: get(f.port, "/")[0] == 404, timeout=60)
                     servers[f"{name}:{model}"] = floor
             elif name.startswith("gateway"):
-                tree = REPO if name == "gateway" else args.before.resolve()
-                servers[name], tokens[name] = start_gateway(name, tree, work, workloads)
+                tree = args.before.resolve() if name == "gateway-before" else REPO
+                extra = {"GATEWAY_KEEPALIVE_SECONDS": "0"} if name.endswith("nokeepalive") else {}
+                servers[name], tokens[name] = start_gateway(name, tree, work, workloads, extra)
             else:
                 servers[name] = start_peer(name, work, workloads)
         cases = [Case(*spec) for spec in CASES]
