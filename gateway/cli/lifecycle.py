@@ -102,6 +102,12 @@ def cmd_models_quantize(ctx: Context, args: argparse.Namespace) -> None:
     emit(args, result, text)
 
 
+def cmd_models_diff(ctx: Context, args: argparse.Namespace) -> None:
+    from gateway.lifecycle.diff import diff_text, diff_versions
+
+    emit(args, diff_versions(ctx.db, args.name, args.a, args.b), diff_text)
+
+
 def add_commands(models: Any, add: Any) -> None:
     """Add this module's subcommands to `gateway models`."""
     p = add(models, "evaluate", cmd_models_evaluate,
@@ -120,6 +126,12 @@ def add_commands(models: Any, add: Any) -> None:
                              "for several (the new gate replaces the old one)")
     change.add_argument("--clear", action="store_true", help="remove the gate")
     p.add_argument("--reason")
+    p = add(models, "diff", cmd_models_diff,
+            "what changed between two versions (signature, file, data, params, metrics, "
+            "parent, latest evaluation and gate verdict)", json_flag=True)
+    p.add_argument("name")
+    p.add_argument("a", help="a version number or alias")
+    p.add_argument("b", help="a version number or alias")
     p = add(models, "quantize", cmd_models_quantize,
             "register an INT8 dynamic-quantized copy of a version and evaluate it beside it",
             json_flag=True)

@@ -477,6 +477,20 @@ def _admin_paths() -> dict[str, Any]:
         "/admin/models/{name}/versions/{ref}": {"get": _op(
             "get_version", "admin", "A version record with its lineage",
             {**_ok(record), **_errors(400, 401, 403, 404)}, role="ops", params=[name, ref])},
+        "/admin/models/{name}/diff": {"get": _op(
+            "diff_versions", "admin",
+            "What changed between two versions (equal fields left out)",
+            {**_ok(_obj({"model": STR, "a": INT, "b": INT,
+                         "changes": {"type": "object", "additionalProperties": _obj(
+                             {"a": {}, "b": {}}, ("a", "b"))}},
+                        ("model", "a", "b", "changes"))),
+             **_errors(400, 401, 403, 404)},
+            role="ops", params=[name,
+                                _param("a", "query", _schema("VersionRef"),
+                                       "The first version (number or alias).", required=True),
+                                _param("b", "query", _schema("VersionRef"),
+                                       "The second version (number or alias).",
+                                       required=True)])},
         "/admin/models/{name}/aliases/{alias}": {
             "put": _op("put_alias", "admin", "Point an alias at a version",
                        {**_ok(_obj({"model": STR, "alias": STR, "version": INT,

@@ -97,6 +97,17 @@ def get_version(name: str, ref: str) -> Any:
     return json_response({**record, **version_summary(db, name, record)})
 
 
+@bp.get("/models/<name>/diff")
+def diff(name: str) -> Any:
+    """What changed between versions `a` and `b` (numbers or aliases); equal fields left out."""
+    from gateway.lifecycle.diff import diff_versions
+
+    refs = [request.args.get(key, "").strip() for key in ("a", "b")]
+    if not all(refs):
+        raise InvalidInput("give both versions to compare: ?a=V&b=V (numbers or aliases)")
+    return json_response(diff_versions(services().db, name, refs[0], refs[1]))
+
+
 @bp.put("/models/<name>/aliases/<alias>")
 def put_alias(name: str, alias: str) -> Any:
     body = read_json_object(services().settings.max_body_bytes)
