@@ -120,6 +120,11 @@ class Settings:
     max_model_bytes: int = setting(512 * MIB, "GATEWAY_MAX_MODEL_BYTES",
                                    "limit for uploaded model files", shown="512 MiB",
                                    minimum=1024)
+    max_dataset_bytes: int = setting(
+        16 * MIB, "GATEWAY_MAX_DATASET_BYTES",
+        "limit for a dataset uploaded to `POST /admin/models/{name}/versions/{v}/evaluations` "
+        "(evaluated inside the request; larger ones with the local `gateway models evaluate`)",
+        shown="16 MiB", minimum=1024)
     max_batch: int = setting(1024, "GATEWAY_MAX_BATCH", "rows per inference request",
                              shown="1024", minimum=1)
     max_tensor_elements: int = setting(4_000_000, "GATEWAY_MAX_TENSOR_ELEMENTS",

@@ -29,54 +29,42 @@ def _per_class_table(metrics: dict[str, Any]) -> str:
          for cls, c in sorted(metrics["per_class"].items(), key=lambda kv: int(kv[0]))])
 
 
+def evaluation_text(r: dict[str, Any]) -> str:
+    """`gateway models evaluate` for people, from the evaluation with its gate verdict."""
+    return "\n".join([
+        f"{r['model']} version {r['version']}: {summary.evaluation_line(r)}",
+        f"  rows/s (batched): {r['metrics']['rows_per_s']:.0f}",
+        f"  gate: {summary.gate_line(r['gate'])}",
+        _per_class_table(r["metrics"])])
+
+
+def gate_text(d: dict[str, Any]) -> str:
+    """`gateway models gate` for people."""
+    if not d["rules"]:
+        return f"{d['model']}: no gate (any version may take traffic)"
+    lines = [f"{d['model']} gate: {'; '.join(d['rules'])}"]
+    lines += [f"  version {s['version']}: {summary.gate_line(s)}" for s in d["versions"]]
+    return "\n".join(lines)
+
+
 def cmd_models_evaluate(ctx: Context, args: argparse.Namespace) -> None:
-    from gateway.lifecycle.evaluation import evaluate
+    from gateway.lifecycle.evaluation import evaluate_and_gate
 
     record = service.get_version(ctx.db, args.name, args.version)
     dataset = _dataset(ctx, args.dataset, record)
-    result = evaluate(ctx.db, ctx.store, args.name, record["version"], dataset, actor())
-    from gateway.lifecycle.gate import check_gate
-
-    gate = check_gate(ctx.db, args.name, record["version"])
-    result["gate"] = gate.to_dict() if gate else None
-
-    def text(r: dict[str, Any]) -> str:
-        return "\n".join([
-            f"{r['model']} version {r['version']}: {summary.evaluation_line(r)}",
-            f"  rows/s (batched): {r['metrics']['rows_per_s']:.0f}",
-            f"  gate: {summary.gate_line(r['gate'])}",
-            _per_class_table(r["metrics"])])
-
-    emit(args, result, text)
+    result = evaluate_and_gate(ctx.db, ctx.store, args.name, record["version"], dataset, actor())
+    emit(args, result, evaluation_text)
 
 
 def cmd_models_gate(ctx: Context, args: argparse.Namespace) -> None:
-    from gateway.lifecycle.gate import check_gate, normalise_rules
+    from gateway.lifecycle.gate import gate_status, normalise_rules
 
     if args.rule or args.clear:
         if not args.reason or not args.reason.strip():
             raise CliError("changing a gate needs --reason (it is audited)")
         rules = None if args.clear else normalise_rules(args.rule)
         evaluations.set_gate(ctx.db, args.name, rules, actor(), args.reason)
-    rules = evaluations.get_gate(ctx.db, args.name)
-    models = [m for m in service.list_models(ctx.db) if m["model"] == args.name]
-    versions = [v["version"] for v in models[0]["versions"] if v["stage"] != "archived"] \
-        if models else []
-    statuses = []
-    for number in versions:
-        result = check_gate(ctx.db, args.name, number)
-        if result is not None:
-            statuses.append(result.to_dict())
-    data = {"model": args.name, "rules": rules, "versions": statuses}
-
-    def text(d: dict[str, Any]) -> str:
-        if not d["rules"]:
-            return f"{d['model']}: no gate (any version may take traffic)"
-        lines = [f"{d['model']} gate: {'; '.join(d['rules'])}"]
-        lines += [f"  version {s['version']}: {summary.gate_line(s)}" for s in d["versions"]]
-        return "\n".join(lines)
-
-    emit(args, data, text)
+    emit(args, gate_status(ctx.db, args.name), gate_text)
 
 
 def cmd_models_quantize(ctx: Context, args: argparse.Namespace) -> None:

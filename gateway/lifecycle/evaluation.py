@@ -166,3 +166,16 @@ def evaluate(db: Database, store: ArtifactStore, model: str, version_ref: str | 
         db, model, record["version"],
         {"name": dataset.name, "sha256": dataset.sha256, "rows": dataset.rows},
         metrics, _reference(dataset.X), actor)
+
+
+def evaluate_and_gate(db: Database, store: ArtifactStore, model: str, version_ref: str | int,
+                      dataset: Dataset, actor: str) -> dict[str, Any]:
+    """`evaluate`, then the gate's verdict on the version with this evaluation (`gate`: None
+    when the model has no gate): what `gateway models evaluate` and
+    `POST /admin/models/{name}/versions/{v}/evaluations` answer."""
+    from gateway.lifecycle.gate import check_gate
+
+    result = evaluate(db, store, model, version_ref, dataset, actor)
+    gate = check_gate(db, model, result["version"])
+    result["gate"] = gate.to_dict() if gate else None
+    return result

@@ -223,3 +223,20 @@ def gate_failures(db: Database, model: str, versions: list[int]) -> list[str]:
             failures.extend(f"version {number}: {line}" if line.startswith("rule") else line
                             for line in result.failures)
     return failures
+
+
+def gate_status(db: Database, model: str) -> dict[str, Any]:
+    """The gate and where each live version stands against it: `gateway models gate` and
+    `GET /admin/models/{name}/gate` show this."""
+    from registry import evaluations, service
+
+    rules = evaluations.get_gate(db, model)
+    found = [m for m in service.list_models(db) if m["model"] == model]
+    numbers = [v["version"] for v in found[0]["versions"] if v["stage"] != "archived"] \
+        if found else []
+    statuses = []
+    for number in numbers:
+        result = check_gate(db, model, number)
+        if result is not None:
+            statuses.append(result.to_dict())
+    return {"model": model, "rules": rules, "versions": statuses}

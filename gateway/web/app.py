@@ -24,6 +24,7 @@ from gateway.web.blueprints import (
     analytics,
     feedback,
     health,
+    lifecycle,
     openapi,
     predict,
     prometheus,
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v2.bp)
     app.register_blueprint(predict.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(lifecycle.bp)
     app.register_blueprint(rollouts.bp)
     app.register_blueprint(feedback.bp)
     app.register_blueprint(analytics.bp)

@@ -24,6 +24,7 @@ BLUEPRINT_ROLES = {
     "analytics": "analyst",
     "dashboard": "analyst",
     "admin": "ops",
+    "lifecycle": "ops",
 }
 ANONYMOUS = "anonymous"
 

@@ -459,6 +459,12 @@ def _admin_paths() -> dict[str, Any]:
     record = _schema("VersionRecord")
     policy = _schema("TrafficPolicy")
     reason_body = _json(_obj({"reason": REASON}, closed=False))
+    evaluation = _obj({"id": INT, "model": STR, "version": INT, "dataset": {"type": "object"},
+                       "metrics": {"type": "object"}, "gate": {}},
+                      ("id", "model", "version", "dataset", "metrics"), closed=False)
+    gate = _obj({"model": STR, "rules": _nullable({"type": "array", "items": STR}),
+                 "versions": {"type": "array", "items": {"type": "object"}}},
+                ("model", "rules", "versions"))
     register_body = {"multipart/form-data": {
         "schema": _obj({"file": {"type": "string", "format": "binary",
                                  "description": "The .onnx file."},
@@ -491,6 +497,41 @@ def _admin_paths() -> dict[str, Any]:
                                 _param("b", "query", _schema("VersionRef"),
                                        "The second version (number or alias).",
                                        required=True)])},
+        "/admin/models/{name}/versions/{ref}/evaluations": {
+            "post": _op(
+                "evaluate_version", "admin",
+                "Run the version over an uploaded labelled dataset and record the evaluation",
+                {**_ok(evaluation, 201), **_errors(400, 401, 403, 404, 413, 415)},
+                role="ops", params=[name, ref],
+                body={"multipart/form-data": {"schema": _obj({"dataset": {
+                    "type": "string", "format": "binary",
+                    "description": ".npz with X and y, or .csv with a label column; at most "
+                                   "GATEWAY_MAX_DATASET_BYTES"}}, ("dataset",))}},
+                note="Runs inside the request: a bad or oversized dataset stores nothing."),
+            "get": _op("list_evaluations", "admin", "The version's evaluations, newest first",
+                       {**_ok(_obj({"model": STR, "evaluations": {
+                           "type": "array", "items": {"type": "object"}}},
+                           ("model", "evaluations"))), **_errors(400, 401, 403, 404)},
+                       role="ops", params=[name, ref]),
+        },
+        "/admin/models/{name}/gate": {
+            "get": _op("get_gate", "admin", "The gate and each live version's verdict",
+                       {**_ok(gate), **_errors(400, 401, 403, 404)}, role="ops",
+                       params=[name]),
+            "put": _op("put_gate", "admin", "Replace the gate ([] or null removes it)",
+                       {**_ok(gate), **_errors(400, 401, 403, 404, 413)}, role="ops",
+                       params=[name], body=_json(_obj(
+                           {"rules": _nullable({"type": "array", "items": STR}),
+                            "reason": REASON}, ("rules",), closed=True,
+                           example={"rules": ["accuracy >= 0.95",
+                                              "accuracy >= champion - 0.01"]}))),
+        },
+        "/admin/models/{name}/versions/{ref}/quantize": {"post": _op(
+            "quantize_version", "admin",
+            "Register the INT8 copy as a new version (parent: this one), evaluated beside it",
+            {**_ok(record, 201, headers={"Location": {"schema": STR}}),
+             **_errors(400, 401, 403, 404, 413, 503)},
+            role="ops", params=[name, ref], body=reason_body, body_required=False)},
         "/admin/models/{name}/aliases/{alias}": {
             "put": _op("put_alias", "admin", "Point an alias at a version",
                        {**_ok(_obj({"model": STR, "alias": STR, "version": INT,
