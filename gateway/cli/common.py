@@ -8,11 +8,14 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.services import Services, build_services
+
+if TYPE_CHECKING:
+    from gateway.cli.backends import Backend
 from gateway.settings import Settings
 from registry.db import Database
 from registry.store import ArtifactStore
@@ -20,6 +23,21 @@ from registry.store import ArtifactStore
 
 class CliError(Exception):
     """An expected failure: printed as one line, exit status 2."""
+
+
+Command = Callable[["Context", argparse.Namespace], None]
+
+
+def over_http(command: Command) -> Command:
+    """Marks a command that runs against a gateway with `--url`/`--token` as well."""
+    command.over_http = True  # type: ignore[attr-defined]
+    return command
+
+
+def local_only(command: Command) -> Command:
+    """Marks a command that always runs on this host (serve, demo, schema, tokens)."""
+    command.local_only = True  # type: ignore[attr-defined]
+    return command
 
 
 def actor() -> str:
@@ -49,9 +67,31 @@ class Context:
     """Settings, then the services of the composition root, built on first use so that
     `--help` and `db upgrade` need no database."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+        """`url`: a running gateway to drive over HTTP instead of this host's database."""
         self.settings = Settings.from_env()
         self._services: Services | None = None
+        self.url = url
+        self.token = token
+        self._backend: Backend | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """Where the command's work happens (`gateway.cli.backends`)."""
+        if self._backend is None:
+            from gateway.cli.backends import LocalBackend, RemoteBackend
+
+            if self.url:
+                from gateway.cli.http_client import GatewayClient
+
+                self._backend = RemoteBackend(GatewayClient(self.url, self.token))
+            else:
+                self._backend = LocalBackend(self)
+        return self._backend
+
+    @staticmethod
+    def note(text: str) -> None:
+        print(f"note: {text}", file=sys.stderr)
 
     @property
     def services(self) -> Services:
@@ -90,3 +130,6 @@ class Context:
         if self._services is not None:
             self._services.close()
             self._services = None
+        client = getattr(self._backend, "client", None)
+        if client is not None:
+            client.close()

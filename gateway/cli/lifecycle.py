@@ -7,11 +7,12 @@ the database and the model store, not a running gateway.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import CliError, Context, actor, emit, format_table
+from gateway.cli.common import CliError, Context, actor, emit, format_table, over_http
 from gateway.lifecycle import summary
-from registry import evaluations, service
+from registry import service
 from registry.records import VersionRecord
 
 
@@ -47,24 +48,21 @@ def gate_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@over_http
 def cmd_models_evaluate(ctx: Context, args: argparse.Namespace) -> None:
-    from gateway.lifecycle.evaluation import evaluate_and_gate
-
-    record = service.get_version(ctx.db, args.name, args.version)
-    dataset = _dataset(ctx, args.dataset, record)
-    result = evaluate_and_gate(ctx.db, ctx.store, args.name, record["version"], dataset, actor())
-    emit(args, result, evaluation_text)
+    emit(args, ctx.backend.evaluate(args.name, args.version, Path(args.dataset)),
+         evaluation_text)
 
 
+@over_http
 def cmd_models_gate(ctx: Context, args: argparse.Namespace) -> None:
-    from gateway.lifecycle.gate import gate_status, normalise_rules
+    from gateway.lifecycle.gate import normalise_rules
 
-    if args.rule or args.clear:
-        if not args.reason or not args.reason.strip():
-            raise CliError("changing a gate needs --reason (it is audited)")
-        rules = None if args.clear else normalise_rules(args.rule)
-        evaluations.set_gate(ctx.db, args.name, rules, actor(), args.reason)
-    emit(args, gate_status(ctx.db, args.name), gate_text)
+    change = bool(args.rule or args.clear)
+    if change and (not args.reason or not args.reason.strip()):
+        raise CliError("changing a gate needs --reason (it is audited)")
+    rules = None if args.clear else normalise_rules(args.rule) if args.rule else None
+    emit(args, ctx.backend.gate(args.name, rules, change, args.reason), gate_text)
 
 
 def cmd_models_quantize(ctx: Context, args: argparse.Namespace) -> None:
@@ -90,10 +88,11 @@ def cmd_models_quantize(ctx: Context, args: argparse.Namespace) -> None:
     emit(args, result, text)
 
 
+@over_http
 def cmd_models_diff(ctx: Context, args: argparse.Namespace) -> None:
-    from gateway.lifecycle.diff import diff_text, diff_versions
+    from gateway.lifecycle.diff import diff_text
 
-    emit(args, diff_versions(ctx.db, args.name, args.a, args.b), diff_text)
+    emit(args, ctx.backend.diff(args.name, args.a, args.b), diff_text)
 
 
 def add_commands(models: Any, add: Any) -> None:

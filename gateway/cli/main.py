@@ -16,7 +16,15 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.cli.common import CliError, Context, actor, emit, format_table
+from gateway.cli.common import (
+    CliError,
+    Context,
+    actor,
+    emit,
+    format_table,
+    local_only,
+    over_http,
+)
 from gateway.settings import SettingsError
 from gateway.traffic.admin import TrafficAdmin
 from registry import service, tokens
@@ -24,6 +32,7 @@ from registry.errors import GatewayError
 
 # ---- db ------------------------------------------------------------------------------------
 
+@local_only
 def cmd_db_upgrade(ctx: Context, args: argparse.Namespace) -> None:
     from registry.migrate import upgrade
 
@@ -39,12 +48,14 @@ def _safe_url(url: str) -> str:
 
 # ---- tokens --------------------------------------------------------------------------------
 
+@local_only
 def cmd_token_create(ctx: Context, args: argparse.Namespace) -> None:
     token = tokens.create_token(ctx.db, args.role, args.name, actor())
     print(f"created {args.role} token {args.name!r}; it is shown once, keep it secret:")
     print(token)
 
 
+@local_only
 def cmd_token_list(ctx: Context, args: argparse.Namespace) -> None:
     rows = tokens.list_tokens(ctx.db)
     emit(args, rows, lambda rs: format_table(
@@ -53,6 +64,7 @@ def cmd_token_list(ctx: Context, args: argparse.Namespace) -> None:
          for r in rs]))
 
 
+@local_only
 def cmd_token_revoke(ctx: Context, args: argparse.Namespace) -> None:
     count = tokens.revoke_token(ctx.db, args.name, actor())
     print(f"revoked {count} token(s) named {args.name!r}")
@@ -75,56 +87,33 @@ def _metric(record: dict[str, Any], key: str) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+@over_http
 def cmd_models_list(ctx: Context, args: argparse.Namespace) -> None:
-    models = service.list_models(ctx.db)
-    emit(args, models, lambda ms: _versions_table([v for m in ms for v in m["versions"]])
-         if ms else "no models registered yet: gateway models register NAME FILE.onnx")
+    emit(args, ctx.backend.models_list(),
+         lambda ms: _versions_table([v for m in ms for v in m["versions"]]))
 
 
+@over_http
 def cmd_models_register(ctx: Context, args: argparse.Namespace) -> None:
-    path = Path(args.file)
-    try:
-        size = path.stat().st_size
-        if size > ctx.settings.max_model_bytes:
-            raise CliError(f"{path} is {size} bytes; the limit (GATEWAY_MAX_MODEL_BYTES) is "
-                           f"{ctx.settings.max_model_bytes}")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror}") from None
     metadata = None
     if args.metadata:
         try:
             metadata = orjson.loads(args.metadata)
         except orjson.JSONDecodeError as exc:
             raise CliError(f"--metadata is not valid JSON: {exc}") from None
-    record = service.register_version(ctx.db, ctx.store, args.name, data, metadata, actor(),
-                                      ctx.settings.max_model_bytes)
-    ctx.announce(args.name)
+    record = ctx.backend.register(args.name, Path(args.file), metadata)
     emit(args, record, lambda r: f"registered {r['model']} version {r['version']} "
                                  f"(sha256 {r['sha256']})")
 
 
+@over_http
 def cmd_models_show(ctx: Context, args: argparse.Namespace) -> None:
     if args.version is None:
-        models = [m for m in service.list_models(ctx.db) if m["model"] == args.name]
-        if not models:
-            from registry.names import check_model_name
-
-            check_model_name(args.name)
-            raise CliError(f"model {args.name!r} is not registered")
-        emit(args, models[0], lambda m: _batching_text(m["model"], m["batching"]) + "\n"
+        emit(args, ctx.backend.model_show(args.name),
+             lambda m: _batching_text(m["model"], m["batching"]) + "\n"
              + _versions_table(m["versions"]))
         return
-    from gateway.lifecycle.summary import version_summary
-
-    record = service.get_version(ctx.db, args.name, args.version)
-    batching = service.get_batching(ctx.db, args.name)
-    shown: dict[str, Any] = {
-        **record, "batching": ({"max_batch": batching["max_batch"],
-                                "max_wait_us": batching["max_wait_us"]}
-                               if batching["enabled"] else None),
-        **version_summary(ctx.db, args.name, record)}
-    emit(args, shown, _record_text)
+    emit(args, ctx.backend.version_show(args.name, args.version), _record_text)
 
 
 def _batching_summary(value: dict[str, Any] | None) -> str:
@@ -159,26 +148,22 @@ def _record_text(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@over_http
 def cmd_models_alias(ctx: Context, args: argparse.Namespace) -> None:
     if args.delete:
-        service.delete_alias(ctx.db, args.name, args.alias, actor(), args.reason)
-        ctx.announce(args.name)
+        ctx.backend.delete_alias(args.name, args.alias, args.reason)
         print(f"deleted alias {args.alias!r} of {args.name}")
         return
     if args.version is None:
         raise CliError("give the VERSION the alias should point at (or --delete)")
-    result = service.set_alias(ctx.db, args.name, args.alias, args.version, actor(), args.reason)
-    ctx.announce(args.name)
+    result = ctx.backend.set_alias(args.name, args.alias, args.version, args.reason)
     emit(args, result, lambda r: f"{r['model']}:{r['alias']} -> version {r['version']}"
                                  f" (was {r['previous'] or '-'})")
 
 
+@over_http
 def cmd_models_archive(ctx: Context, args: argparse.Namespace) -> None:
-    from registry.traffic import versions_with_traffic
-
-    live = versions_with_traffic(ctx.db, args.name)
-    record = service.archive_version(ctx.db, args.name, args.version, actor(), args.reason, live)
-    ctx.announce(args.name)
+    record = ctx.backend.archive(args.name, args.version, args.reason)
     emit(args, record, lambda r: f"archived {r['model']} version {r['version']}")
 
 
@@ -207,8 +192,9 @@ def cmd_models_batching(ctx: Context, args: argparse.Namespace) -> None:
     emit(args, record, lambda r: _batching_text(r["model"], r if r["enabled"] else None))
 
 
+@over_http
 def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
-    entries = service.list_audit(ctx.db, model=args.model, limit=args.limit)
+    entries = ctx.backend.audit(args.model, args.limit)
     emit(args, entries, lambda es: format_table(
         ["id", "ts", "actor", "action", "model", "version", "reason"],
         [[e["id"], e["ts"], e["actor"], e["action"], e["model"] or "-", e["version"] or "-",
@@ -245,32 +231,28 @@ def _pairs(items: list[str], what: str) -> dict[str, float]:
     return out
 
 
+@over_http
 def cmd_traffic_show(ctx: Context, args: argparse.Namespace) -> None:
-    emit(args, _traffic(ctx).show(args.name), _policy_text)
+    emit(args, ctx.backend.traffic_show(args.name), _policy_text)
 
 
+@over_http
 def cmd_traffic_set(ctx: Context, args: argparse.Namespace) -> None:
     body = {"weights": _pairs(args.weights, "a weight"),
             "shadow": _pairs(args.shadow or [], "a shadow percent"), "reason": args.reason}
     if args.force:
         body["force"] = True
-    admin = _traffic(ctx)
-    policy = admin.set(args.name, body, actor(), args.if_match)
-    ctx.announce(args.name)
-    emit(args, policy, _policy_text)
-    if admin.channel is None:
-        print("note: no gateway Redis is reachable; the policy is saved and becomes live when "
-              "a gateway starts", file=sys.stderr)
+    emit(args, ctx.backend.traffic_set(args.name, body, args.if_match), _policy_text)
 
 
+@over_http
 def cmd_traffic_rollback(ctx: Context, args: argparse.Namespace) -> None:
-    policy = _traffic(ctx).rollback(args.name, actor(), args.reason)
-    ctx.announce(args.name)
-    emit(args, policy, _policy_text)
+    emit(args, ctx.backend.traffic_rollback(args.name, args.reason), _policy_text)
 
 
+@over_http
 def cmd_traffic_history(ctx: Context, args: argparse.Namespace) -> None:
-    revisions = _traffic(ctx).history(args.name, args.limit)
+    revisions = ctx.backend.traffic_history(args.name, args.limit)
     emit(args, revisions, lambda rs: format_table(
         ["revision", "action", "weights", "shadow", "updated_at", "by", "reason"],
         [[r["revision"], r["action"], orjson.dumps(r["weights"]).decode(),
@@ -339,6 +321,7 @@ def cmd_outcomes_prune(ctx: Context, args: argparse.Namespace) -> None:
 
 # ---- serving -------------------------------------------------------------------------------
 
+@local_only
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> None:
     from gateway.cli.serve import serve
 
@@ -360,6 +343,7 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> None:
     os._exit(0)
 
 
+@local_only
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
     from gateway.cli.demo import run_demo
 
@@ -368,14 +352,47 @@ def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
 
 # ---- parser --------------------------------------------------------------------------------
 
+def remote_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """`--url`/`--token`, before the command or after it (`default` SUPPRESS on commands, so
+    that a value given before the command is not reset)."""
+    parser.add_argument("--url", default=default, metavar="URL",
+                        help="drive a running gateway over HTTP (default: GATEWAY_URL; unset: "
+                             "this host's database and Redis)")
+    parser.add_argument("--token", default=default, metavar="TOKEN",
+                        help="bearer token for --url (default: GATEWAY_TOKEN)")
+
+
+def context_for(args: argparse.Namespace) -> Context:
+    """The context a command runs in: a gateway over HTTP when a URL is given (the flag, or
+    GATEWAY_URL) and the command works that way, else this host's stores."""
+    func = args.func
+    flagged = getattr(args, "url", None)
+    url = flagged or os.environ.get("GATEWAY_URL") or None
+    token = getattr(args, "token", None) or os.environ.get("GATEWAY_TOKEN") or None
+    if getattr(func, "local_only", False):
+        if flagged:
+            raise CliError("this command runs on the gateway's own host only; drop --url")
+        return Context()
+    if url and not getattr(func, "over_http", False):
+        raise CliError("this command does not work over HTTP yet; run it on the gateway's "
+                       "host without --url (and GATEWAY_URL unset)")
+    if url and not token:
+        raise CliError("--url needs a token: --token or GATEWAY_TOKEN (an ops token for "
+                       "changes)")
+    return Context(url=url, token=token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__.split("\n")[0])
+    remote_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(group: Any, name: str, func: Callable[..., None], help_: str,
             json_flag: bool = False) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = group.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
+        if getattr(func, "over_http", False):
+            remote_options(p, argparse.SUPPRESS)
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
@@ -501,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ctx: Context | None = None
     try:
-        ctx = Context()
+        ctx = context_for(args)
         args.func(ctx, args)
     except (CliError, SettingsError) as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)

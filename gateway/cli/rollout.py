@@ -8,10 +8,9 @@ gateway is serving (and sending it outcomes).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from gateway.cli.common import CliError, Context, actor, emit
+from gateway.cli.common import CliError, Context, emit, over_http
 from gateway.lifecycle.rollout import Rollouts
 
 
@@ -52,6 +51,7 @@ def _text(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@over_http
 def cmd_start(ctx: Context, args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"candidate": args.candidate, "steps": _steps(args.steps),
                             "metric": args.metric, "min_samples": args.min_samples,
@@ -62,35 +62,27 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> None:
             body[key] = getattr(args, key)
     if args.force:
         body["force"] = True
-    rollouts = _rollouts(ctx)
-    started = rollouts.start(args.name, body, actor())
-    ctx.announce(args.name)
-    emit(args, started, _text)
-    if rollouts.client is None:
-        print("note: no gateway Redis is reachable; the rollout moves once a gateway serves",
-              file=sys.stderr)
+    emit(args, ctx.backend.rollout_start(args.name, body), _text)
 
 
+@over_http
 def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
-    emit(args, _rollouts(ctx).status(args.name), _text)
+    emit(args, ctx.backend.rollout_status(args.name), _text)
 
 
+@over_http
 def cmd_pause(ctx: Context, args: argparse.Namespace) -> None:
-    changed = _rollouts(ctx).pause(args.name, actor(), args.reason)
-    ctx.announce(args.name)
-    emit(args, changed, _text)
+    emit(args, ctx.backend.rollout_change(args.name, "pause", args.reason), _text)
 
 
+@over_http
 def cmd_resume(ctx: Context, args: argparse.Namespace) -> None:
-    changed = _rollouts(ctx).resume(args.name, actor(), args.reason)
-    ctx.announce(args.name)
-    emit(args, changed, _text)
+    emit(args, ctx.backend.rollout_change(args.name, "resume", args.reason), _text)
 
 
+@over_http
 def cmd_abort(ctx: Context, args: argparse.Namespace) -> None:
-    changed = _rollouts(ctx).abort(args.name, actor(), args.reason)
-    ctx.announce(args.name)
-    emit(args, changed, _text)
+    emit(args, ctx.backend.rollout_change(args.name, "abort", args.reason), _text)
 
 
 def add_commands(sub: Any, add: Any) -> None:

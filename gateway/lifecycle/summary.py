@@ -59,6 +59,17 @@ def version_summary(db: Database, model: str, record: VersionRecord) -> dict[str
             "vs_parent": comparison}
 
 
+def version_view(db: Database, model: str, ref: str | int) -> dict[str, Any]:
+    """A version as `gateway models show NAME V` and `GET /admin/models/{name}/versions/{v}`
+    show it: the record, the model's micro-batching, and the summary above."""
+    record = service.get_version(db, model, ref)
+    batching = service.get_batching(db, model)
+    return {**record, "batching": ({"max_batch": batching["max_batch"],
+                                    "max_wait_us": batching["max_wait_us"]}
+                                   if batching["enabled"] else None),
+            **version_summary(db, model, record)}
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 

@@ -88,13 +88,11 @@ def register_version(name: str) -> Any:
 
 @bp.get("/models/<name>/versions/<ref>")
 def get_version(name: str, ref: str) -> Any:
-    """The record with what `gateway models show` adds: latest evaluation, gate status and the
-    comparison with the parent on the same dataset."""
-    from gateway.lifecycle.summary import version_summary
+    """The record with what `gateway models show` adds: micro-batching, latest evaluation, gate
+    status and the comparison with the parent on the same dataset."""
+    from gateway.lifecycle.summary import version_view
 
-    db = services().db
-    record = service.get_version(db, name, ref)
-    return json_response({**record, **version_summary(db, name, record)})
+    return json_response(version_view(services().db, name, ref))
 
 
 @bp.get("/models/<name>/diff")
