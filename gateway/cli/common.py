@@ -25,6 +25,14 @@ class CliError(Exception):
     """An expected failure: printed as one line, exit status 2."""
 
 
+class CommandExit(Exception):
+    """A command's own exit status (`gateway deliver`: 3 gate, 4 rolled back, 5 timeout)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 Command = Callable[["Context", argparse.Namespace], None]
 
 

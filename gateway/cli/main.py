@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.cli.common import (
     CliError,
+    CommandExit,
     Context,
     actor,
     emit,
@@ -442,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest a run waits for more requests while they keep arriving "
                         "(0-100000; default 0: never)")
     p.add_argument("--reason", required=True)
+    from gateway.cli import deliver as cli_deliver
     from gateway.cli import lifecycle as cli_lifecycle
     from gateway.cli import rollout as cli_rollout
 
@@ -491,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: GATEWAY_OUTCOME_RETENTION_DAYS (90)")
 
     cli_rollout.add_commands(sub, add)
+    cli_deliver.add_command(sub, add)
 
     p = add(sub, "audit", cmd_audit, "who changed what, when and why", json_flag=True)
     p.add_argument("--model")
@@ -520,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = context_for(args)
         args.func(ctx, args)
+    except CommandExit as exc:
+        return exc.status
     except (CliError, SettingsError) as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)
         return 2

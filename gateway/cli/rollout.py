@@ -53,16 +53,39 @@ def _text(r: dict[str, Any]) -> str:
 
 @over_http
 def cmd_start(ctx: Context, args: argparse.Namespace) -> None:
-    body: dict[str, Any] = {"candidate": args.candidate, "steps": _steps(args.steps),
+    emit(args, ctx.backend.rollout_start(args.name, rollout_body(args, args.candidate)),
+         _text)
+
+
+def rollout_body(args: argparse.Namespace, candidate: str | int) -> dict[str, Any]:
+    """The `POST /admin/models/{name}/rollout` body from the options `rollout_options` adds."""
+    body: dict[str, Any] = {"candidate": candidate, "steps": _steps(args.steps),
                             "metric": args.metric, "min_samples": args.min_samples,
                             "max_regression": args.max_regression,
                             "max_error_rate": args.max_error_rate, "alpha": args.alpha}
     for key in ("baseline", "max_p99_ms", "reason"):
-        if getattr(args, key) is not None:
+        if getattr(args, key, None) is not None:
             body[key] = getattr(args, key)
-    if args.force:
+    if getattr(args, "force", False):
         body["force"] = True
-    emit(args, ctx.backend.rollout_start(args.name, body), _text)
+    return body
+
+
+def rollout_options(p: argparse.ArgumentParser) -> None:
+    """The rollout's plan: shared by `rollout start` and `deliver`."""
+    p.add_argument("--baseline", help="default: the version serving now (champion first)")
+    p.add_argument("--steps", default="5,25,50,100", help="candidate percents (default "
+                                                           "5,25,50,100)")
+    p.add_argument("--min-samples", type=int, default=200,
+                   help="labelled (or rewarded) outcomes of the candidate per step")
+    p.add_argument("--metric", choices=["accuracy", "reward"], default="accuracy")
+    p.add_argument("--max-regression", type=float, default=0.01,
+                   help="how much worse than the baseline the candidate may be")
+    p.add_argument("--max-error-rate", type=float, default=0.01)
+    p.add_argument("--max-p99-ms", type=float)
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="bound on the chance of a false rollback over all looks")
+
 
 
 @over_http
@@ -93,18 +116,7 @@ def add_commands(sub: Any, add: Any) -> None:
             json_flag=True)
     p.add_argument("name")
     p.add_argument("--candidate", required=True, help="version number or alias")
-    p.add_argument("--baseline", help="default: the version serving now (champion first)")
-    p.add_argument("--steps", default="5,25,50,100", help="candidate percents (default "
-                                                           "5,25,50,100)")
-    p.add_argument("--min-samples", type=int, default=200,
-                   help="labelled (or rewarded) outcomes of the candidate per step")
-    p.add_argument("--metric", choices=["accuracy", "reward"], default="accuracy")
-    p.add_argument("--max-regression", type=float, default=0.01,
-                   help="how much worse than the baseline the candidate may be")
-    p.add_argument("--max-error-rate", type=float, default=0.01)
-    p.add_argument("--max-p99-ms", type=float)
-    p.add_argument("--alpha", type=float, default=0.05,
-                   help="bound on the chance of a false rollback over all looks")
+    rollout_options(p)
     p.add_argument("--reason")
     p.add_argument("--force", action="store_true",
                    help="give the candidate traffic even if it fails the evaluation gate "
