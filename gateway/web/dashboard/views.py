@@ -126,7 +126,9 @@ def _versions_view(versions: list[dict[str, Any]], policy: PolicyRecord | None
             "aliases": v["aliases"], "sha256": v["sha256"], "sha_short": v["sha256"][:12],
             "created_at": fmt_when(v["created_at"]), "created_by": v["created_by"],
             "description": v.get("description") or "",
-            "dataset": " ".join(str(dataset[k]) for k in ("name", "version") if dataset.get(k)),
+            "dataset": " ".join([*(str(dataset[k]) for k in ("name", "version") if dataset.get(k)),
+                                 *([f"sha256 {str(dataset['sha256'])[:12]}"]
+                                   if dataset.get("sha256") else [])]),
             "metrics": [f"{k}={val:.4g}" if isinstance(val, float) else f"{k}={val}"
                         for k, val in sorted((v.get("metrics") or {}).items())],
             "parent": v["parent_version"],
