@@ -28,6 +28,8 @@ SAME_JSON = [
     ("rollout", "status", "digits"),
     ("audit", "--limit", "20"),
     ("audit", "--model", "digits", "--limit", "5"),
+    ("analytics", "compare", "digits"),
+    ("analytics", "compare", "nosuch"),
 ]
 
 
@@ -115,9 +117,9 @@ def test_remote_errors_are_one_line_with_the_servers_code(live, cli, capsys, rol
     assert status == 2 and "needs a token" in err
     status, _, err = cli(capsys, "--url", live, "serve")
     assert status == 2 and "own host only" in err
-    status, _, err = cli(capsys, "--url", live, "--token", role_tokens["ops"], "analytics",
-                         "compare", "digits")
-    assert status == 2 and "does not work over HTTP yet" in err
+    status, _, err = cli(capsys, "--url", live, "--token", role_tokens["ops"], "outcomes",
+                         "prune")
+    assert status == 2 and "own host only" in err
     status, _, err = cli(capsys, "models", "register", "digits", str(tmp_path / "none.onnx"),
                          *ops)
     assert status == 2 and "cannot read" in err
@@ -125,3 +127,42 @@ def test_remote_errors_are_one_line_with_the_servers_code(live, cli, capsys, rol
     bad.write_bytes(b"not onnx")
     status, _, err = cli(capsys, "models", "register", "digits", str(bad), *ops)
     assert status == 2 and err.startswith("gateway: invalid_input: ")
+
+
+def test_analytics_batching_and_quantize_over_http(live, cli, capsys, role_tokens, db,
+                                                   digits, examples_dir):
+    ops = ("--url", live, "--token", role_tokens["ops"])
+    for i in range(3):  # a few outcomes to export
+        from tests.test_routing_served import call
+
+        code, _ = call(live, "POST", "/predict", role_tokens["app"],
+                       {"model": "digits", "inputs": [digits["X"][i].tolist()]})
+        assert code == 200
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:  # the agent writes them within a flush interval or two
+        status, local_csv, _ = cli(capsys, "analytics", "export", "digits")
+        if local_csv.count("\n") >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    status, remote_csv, err = cli(capsys, "analytics", "export", "digits", *ops)
+    assert status == 0, err
+    assert remote_csv == local_csv and local_csv.count("\n") == 4  # a header and 3 rows
+    status, batching, err = run_json(cli, capsys, "models", "batching", "digits",
+                                     "--max-batch", "8", "--reason", "ci", *ops)
+    assert status == 0 and batching["max_batch"] == 8, err
+    status, shown, _ = run_json(cli, capsys, "models", "show", "digits", "1")
+    assert shown["batching"]["max_batch"] == 8
+    status, _, err = cli(capsys, "models", "evaluate", "digits", "3", "--dataset",
+                         str(examples_dir / "digits_test.npz"), *ops)
+    assert status == 0, err
+    status, _, err = cli(capsys, "models", "quantize", "digits", "3", "--dataset",
+                         str(examples_dir / "digits_test.npz"), *ops)
+    assert status == 2 and "--dataset works locally only" in err
+    status, child, err = run_json(cli, capsys, "models", "quantize", "digits", "3", *ops)
+    assert status == 0, err
+    assert child["version"] == 4 and child["parent_version"] == 3
+    assert child["created_by"] == "test-ops"
+    assert child["quantization"]["vs_parent"]["size_ratio"] < 0.6
+    assert service.get_version(db, "digits", 4)["sha256"] == child["sha256"]

@@ -11,6 +11,7 @@ same command prints the same `--json` either way. A server error comes back as t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +46,12 @@ class Backend(Protocol):
     def rollout_status(self, name: str) -> dict[str, Any]: ...
     def rollout_change(self, name: str, action: str, reason: str | None) -> dict[str, Any]: ...
     def audit(self, model: str | None, limit: int) -> list[dict[str, Any]]: ...
+    def set_batching(self, name: str, settings: dict[str, Any], reason: str | None
+                     ) -> dict[str, Any]: ...
+    def quantize(self, name: str, ref: str, dataset: Path | None) -> dict[str, Any]: ...
+    def compare(self, name: str, since: str | None, until: str | None) -> dict[str, Any]: ...
+    def export(self, name: str, since: str | None, until: str | None, version: int | None,
+               kind: str | None, fmt: str) -> Iterator[bytes]: ...
 
 
 class LocalBackend:
@@ -187,6 +194,46 @@ class LocalBackend:
         return service.list_audit(self.ctx.db, model=model, limit=limit)
 
 
+    def set_batching(self, name: str, settings: dict[str, Any], reason: str | None
+                     ) -> dict[str, Any]:
+        from registry import service
+
+        record = service.set_batching(self.ctx.db, name, settings, self._actor(), reason)
+        self.ctx.announce(name)
+        return record
+
+    def quantize(self, name: str, ref: str, dataset: Path | None) -> dict[str, Any]:
+        from gateway.lifecycle.datasets import load_dataset
+        from gateway.lifecycle.evaluation import single_input_name
+        from gateway.lifecycle.quantize import quantize, quantized_view
+        from registry import service
+
+        record = service.get_version(self.ctx.db, name, ref)
+        data = (load_dataset(dataset, self.ctx.settings.max_model_bytes,
+                             single_input_name(record)) if dataset else None)
+        result = quantize(self.ctx.db, self.ctx.store, name, record["version"], self._actor(),
+                          data, max_bytes=self.ctx.settings.max_model_bytes)
+        self.ctx.announce(name)
+        return quantized_view(result)
+
+    def compare(self, name: str, since: str | None, until: str | None) -> dict[str, Any]:
+        from gateway.outcomes.comparison import compare, window
+
+        self.ctx.services.catalog.read_model(name)  # 404 for an unknown model, as the route
+        start, end = window(since, until)
+        return compare(self.ctx.db, name, start, end)
+
+    def export(self, name: str, since: str | None, until: str | None, version: int | None,
+               kind: str | None, fmt: str) -> Iterator[bytes]:
+        from gateway.outcomes.comparison import window
+        from gateway.web.blueprints.analytics import csv_chunks, jsonl_chunks
+        from registry.outcomes import check_kind, export_rows
+
+        start, end = window(since, until)
+        rows = export_rows(self.ctx.db, name, start, end, version, check_kind(kind))
+        return csv_chunks(rows) if fmt == "csv" else jsonl_chunks(rows)
+
+
 class RemoteBackend:
     """A running gateway's `/admin` routes, with the token's role and name."""
 
@@ -275,6 +322,31 @@ class RemoteBackend:
         if model is not None:
             params["model"] = model
         return list(self.client.get("/admin/audit", params=params)["entries"])
+
+
+    def set_batching(self, name: str, settings: dict[str, Any], reason: str | None
+                     ) -> dict[str, Any]:
+        return dict(self.client.put(f"/admin/models/{_seg(name)}/batching",
+                                    json={**settings, "reason": reason}))
+
+    def quantize(self, name: str, ref: str, dataset: Path | None) -> dict[str, Any]:
+        if dataset is not None:
+            from gateway.cli.common import CliError
+
+            raise CliError("--dataset works locally only; over HTTP the parent's latest "
+                           "evaluation dataset is used (evaluate the parent first)")
+        return dict(self.client.post(
+            f"/admin/models/{_seg(name)}/versions/{_seg(ref)}/quantize", json={}))
+
+    def compare(self, name: str, since: str | None, until: str | None) -> dict[str, Any]:
+        params = {k: v for k, v in (("since", since), ("until", until)) if v}
+        return dict(self.client.get(f"/analytics/models/{_seg(name)}/compare", params=params))
+
+    def export(self, name: str, since: str | None, until: str | None, version: int | None,
+               kind: str | None, fmt: str) -> Iterator[bytes]:
+        params = {k: v for k, v in (("since", since), ("until", until), ("version", version),
+                                    ("kind", kind), ("format", fmt)) if v is not None}
+        return self.client.stream(f"/analytics/models/{_seg(name)}/outcomes", params=params)
 
 
 def _seg(value: str) -> str:

@@ -8,6 +8,7 @@ twice. An error answer becomes the `RemoteError` of its contract code and messag
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -60,6 +61,25 @@ class GatewayClient:
                               f"the gateway answered {response.status_code} "
                               f"{response.reason}")
         return body
+
+    def stream(self, path: str, params: dict[str, Any]) -> Iterator[bytes]:
+        """A GET whose body is not JSON (an export), read in chunks as it arrives."""
+        try:
+            response = self.session.get(self.url + path, params=params, stream=True,
+                                        timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+        except requests.RequestException as exc:
+            raise RemoteError(503, "unavailable",
+                              f"cannot reach the gateway at {self.url}: "
+                              f"{exc.__class__.__name__}") from None
+        if response.status_code >= 400:
+            try:
+                error = orjson.loads(response.content).get("error", {})
+            except (orjson.JSONDecodeError, AttributeError):
+                error = {}
+            raise RemoteError(response.status_code, str(error.get("code", "error")),
+                              str(error.get("message", f"the gateway answered "
+                                                       f"{response.status_code}")))
+        return response.iter_content(chunk_size=64 * 1024)
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)

@@ -10,9 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import CliError, Context, actor, emit, format_table, over_http
+from gateway.cli.common import CliError, Context, emit, format_table, over_http
 from gateway.lifecycle import summary
-from registry import service
 from registry.records import VersionRecord
 
 
@@ -65,25 +64,22 @@ def cmd_models_gate(ctx: Context, args: argparse.Namespace) -> None:
     emit(args, ctx.backend.gate(args.name, rules, change, args.reason), gate_text)
 
 
+@over_http
 def cmd_models_quantize(ctx: Context, args: argparse.Namespace) -> None:
-    from gateway.lifecycle.quantize import quantize
-
-    record = service.get_version(ctx.db, args.name, args.version)
-    dataset = _dataset(ctx, args.dataset, record) if args.dataset else None
-    result = quantize(ctx.db, ctx.store, args.name, record["version"], actor(), dataset,
-                      max_bytes=ctx.settings.max_model_bytes)
-    ctx.announce(args.name)
+    result = ctx.backend.quantize(args.name, args.version,
+                                  Path(args.dataset) if args.dataset else None)
 
     def text(r: dict[str, Any]) -> str:
-        child, evals = r["child"], r["evaluations"]
+        q = r["quantization"]
+        parent, evals = q["parent"], q["evaluations"]
         return "\n".join([
-            f"registered {child['model']} version {child['version']} (INT8 dynamic "
-            f"quantization of version {r['parent']['version']}, sha256 {child['sha256']})",
-            f"  parent {r['parent']['version']}: {r['parent']['size_bytes']} bytes, "
+            f"registered {r['model']} version {r['version']} (INT8 dynamic "
+            f"quantization of version {parent['version']}, sha256 {r['sha256']})",
+            f"  parent {parent['version']}: {parent['size_bytes']} bytes, "
             f"{summary.evaluation_line(evals['parent'])}",
-            f"  child {child['version']}: {child['size_bytes']} bytes, "
+            f"  child {r['version']}: {r['size_bytes']} bytes, "
             f"{summary.evaluation_line(evals['child'])}",
-            f"  {summary.vs_parent_line(r['vs_parent'])}"])
+            f"  {summary.vs_parent_line(q['vs_parent'])}"])
 
     emit(args, result, text)
 

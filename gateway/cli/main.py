@@ -28,7 +28,7 @@ from gateway.cli.common import (
 )
 from gateway.settings import SettingsError
 from gateway.traffic.admin import TrafficAdmin
-from registry import service, tokens
+from registry import tokens
 from registry.errors import GatewayError
 
 # ---- db ------------------------------------------------------------------------------------
@@ -177,6 +177,7 @@ def _int_option(value: str | None, option: str) -> int | None:
         raise CliError(f"{option} must be an integer, got {value!r}") from None
 
 
+@over_http
 def cmd_models_batching(ctx: Context, args: argparse.Namespace) -> None:
     max_batch = _int_option(args.max_batch, "--max-batch")
     max_wait = _int_option(args.max_wait_us, "--max-wait-us")
@@ -188,8 +189,7 @@ def cmd_models_batching(ctx: Context, args: argparse.Namespace) -> None:
         settings = {"max_batch": max_batch}
         if max_wait is not None:
             settings["max_wait_us"] = max_wait
-    record = service.set_batching(ctx.db, args.name, settings, actor(), args.reason)
-    ctx.announce(args.name)
+    record = ctx.backend.set_batching(args.name, settings, args.reason)
     emit(args, record, lambda r: _batching_text(r["model"], r if r["enabled"] else None))
 
 
@@ -263,11 +263,9 @@ def cmd_traffic_history(ctx: Context, args: argparse.Namespace) -> None:
 
 # ---- analytics -----------------------------------------------------------------------------
 
+@over_http
 def cmd_analytics_compare(ctx: Context, args: argparse.Namespace) -> None:
-    from gateway.outcomes.comparison import compare, window
-
-    since, until = window(args.since, args.until)
-    result = compare(ctx.db, args.name, since, until)
+    result = ctx.backend.compare(args.name, args.since, args.until)
 
     def table(r: dict[str, Any]) -> str:
         def fmt(value: Any, spec: str = ".4f") -> str:
@@ -295,17 +293,14 @@ def cmd_analytics_compare(ctx: Context, args: argparse.Namespace) -> None:
     emit(args, result, table)
 
 
+@over_http
 def cmd_analytics_export(ctx: Context, args: argparse.Namespace) -> None:
-    from gateway.outcomes.comparison import window
-    from gateway.web.blueprints.analytics import csv_chunks, jsonl_chunks
-    from registry.outcomes import check_kind, export_rows
-
-    since, until = window(args.since, args.until)
-    rows = export_rows(ctx.db, args.name, since, until, args.version, check_kind(args.kind))
-    for chunk in (csv_chunks(rows) if args.format == "csv" else jsonl_chunks(rows)):
+    for chunk in ctx.backend.export(args.name, args.since, args.until, args.version,
+                                    args.kind, args.format):
         sys.stdout.buffer.write(chunk)
 
 
+@local_only
 def cmd_outcomes_prune(ctx: Context, args: argparse.Namespace) -> None:
     from datetime import UTC, datetime, timedelta
 

@@ -156,3 +156,10 @@ def quantize(db: Database, store: ArtifactStore, model: str, version_ref: str | 
                                                               "child": child_eval},
             "vs_parent": vs_parent(parent, parent_eval, child, child_eval)}
 
+
+
+def quantized_view(result: dict[str, Any]) -> dict[str, Any]:
+    """What `POST /admin/models/{name}/versions/{v}/quantize` and `gateway models quantize
+    --json` answer: the new version's record, and the quantization beside it."""
+    return {**result["child"], "quantization": {k: v for k, v in result.items()
+                                                if k != "child"}}

@@ -103,6 +103,7 @@ def quantize(name: str, ref: str) -> Any:
     """Register the INT8 copy of the version (its parent), evaluated beside it on the parent's
     latest evaluation dataset; 201 with the new version's record plus both evaluations."""
     from gateway.lifecycle.quantize import quantize as quantize_version
+    from gateway.lifecycle.quantize import quantized_view
 
     svc = services()
     check_model_name(name)
@@ -113,7 +114,6 @@ def quantize(name: str, ref: str) -> Any:
     check_reason(body.get("reason"))
     result = quantize_version(svc.db, svc.store, name, ref, g.actor,
                               max_bytes=svc.settings.max_model_bytes)
-    child = result["child"]
-    return json_response({**child, "quantization": {k: v for k, v in result.items()
-                                                     if k != "child"}}, 201,
-                         {"Location": f"/admin/models/{name}/versions/{child['version']}"})
+    view = quantized_view(result)
+    return json_response(view, 201,
+                         {"Location": f"/admin/models/{name}/versions/{view['version']}"})
