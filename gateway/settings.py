@@ -182,6 +182,14 @@ class Settings:
     worker_timeout: int = setting(30, "GATEWAY_WORKER_TIMEOUT",
                                   "gunicorn restarts a worker silent for this long",
                                   shown="30 (s)", minimum=1)
+    remote_url: str | None = setting(
+        None, "GATEWAY_URL",
+        "the `gateway` command drives this running gateway over HTTP (as `--url`) instead of "
+        "this host's database", shown="unset: this host's stores",
+        prefixes=("http://", "https://"))
+    remote_token: str | None = setting(
+        None, "GATEWAY_TOKEN", "the bearer token for `GATEWAY_URL` (as `--token`)",
+        shown="unset", secret=True)
     access_log: str | None = setting(None, "GATEWAY_ACCESS_LOG",
                                      "gunicorn access log (`-` for stdout)", shown="unset: none")
     log_level: str = setting("info", "GATEWAY_LOG_LEVEL", "gunicorn's log level",

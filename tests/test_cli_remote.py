@@ -36,7 +36,10 @@ SAME_JSON = [
 @pytest.fixture
 def live(settings, digits, role_tokens, tmp_path, database_url, examples_dir, cli, capsys):
     """A gateway (2 workers) on this test's stores, with an evaluated version, a gate, an
-    alias, a policy and a finished rollout to read back."""
+    alias and a policy to read back. SQLite only: the client's side does not depend on the
+    server's database, and the served routes run on PostgreSQL in their own tests."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the remote CLI is the same whatever database the gateway uses")
     for argv in (("models", "evaluate", "digits", "1", "--dataset",
                   str(examples_dir / "digits_test.npz")),
                  ("models", "alias", "digits", "champion", "1"),
@@ -166,3 +169,25 @@ def test_analytics_batching_and_quantize_over_http(live, cli, capsys, role_token
     assert child["created_by"] == "test-ops"
     assert child["quantization"]["vs_parent"]["size_ratio"] < 0.6
     assert service.get_version(db, "digits", 4)["sha256"] == child["sha256"]
+
+
+def test_rollout_controls_and_archive_over_http(live, cli, capsys, role_tokens, db):
+    ops = ("--url", live, "--token", role_tokens["ops"])
+    status, started, err = run_json(cli, capsys, "rollout", "start", "digits", "--candidate",
+                                    "2", "--force", "--reason", "ci canary", *ops)
+    assert status == 0, err
+    assert started["state"] == "running" and started["candidate"] == 2
+    for action, state in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
+        status, changed, err = run_json(cli, capsys, "rollout", action, "digits", "--reason",
+                                        f"ci {action}", *ops)
+        assert status == 0 and changed["state"] == state, (action, err)
+        local_status, local, _ = run_json(cli, capsys, "rollout", "status", "digits")
+        assert local == changed or local["state"] == state
+    status, policy, _ = run_json(cli, capsys, "traffic", "show", "digits", *ops)
+    assert policy["weights"] == {"1": 90, "2": 10}  # restored by the abort
+    status, archived, err = run_json(cli, capsys, "models", "archive", "digits", "3",
+                                     "--reason", "retired", *ops)
+    assert status == 0 and archived["stage"] == "archived", err
+    assert service.get_version(db, "digits", 3)["stage"] == "archived"
+    status, _, err = cli(capsys, "models", "archive", "digits", "1", "--reason", "x", *ops)
+    assert status == 2 and err.startswith("gateway: conflict: ")  # it serves traffic

@@ -69,9 +69,12 @@ def test_each_declared_variable_is_read_and_bounded():
 
 
 def test_secrets_stay_out_of_repr():
-    settings = Settings(database_url="postgresql+psycopg://u:hunter2@db/x", secret_key="k" * 40)
+    settings = Settings(database_url="postgresql+psycopg://u:hunter2@db/x", secret_key="k" * 40,
+                        remote_token="mgw_0123456789abcdef_secret")
     assert "hunter2" not in repr(settings) and "k" * 40 not in repr(settings)
-    assert {f.name for f in fields(Settings) if not f.repr} == {"database_url", "secret_key"}
+    assert "mgw_0123456789abcdef_secret" not in repr(settings)
+    assert {f.name for f in fields(Settings) if not f.repr} == {"database_url", "secret_key",
+                                                                 "remote_token"}
 
 
 def test_a_database_url_of_another_kind_is_refused():

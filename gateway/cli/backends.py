@@ -6,7 +6,7 @@ Each command is written once (`gateway.cli.main`, `gateway.cli.lifecycle`,
 prints it. `LocalBackend` runs the same services the HTTP routes run; `RemoteBackend` calls
 those routes, so a CI job needs only an ops token, its token's name is the audit actor, and the
 same command prints the same `--json` either way. A server error comes back as the same
-`GatewayError` code and message the local form would raise.
+`GatewayError` code and message the local form would raise (`http_client.RemoteError`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,29 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from registry.errors import GatewayError
+from registry.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from gateway.cli.common import Context
     from gateway.cli.http_client import GatewayClient
+    from gateway.services import Services
+    from gateway.settings import Settings
+    from registry.db import Database
+    from registry.store import ArtifactStore
+
+
+class Stores(Protocol):
+    """What the local backend needs from the command's context (`gateway.cli.common`)."""
+
+    settings: Settings
+
+    @property
+    def services(self) -> Services: ...
+    @property
+    def db(self) -> Database: ...
+    @property
+    def store(self) -> ArtifactStore: ...
+    def announce(self, model: str) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 class Backend(Protocol):
@@ -57,13 +75,12 @@ class Backend(Protocol):
 class LocalBackend:
     """The database, model store and Redis of this host's settings."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Stores, actor: str) -> None:
         self.ctx = ctx
+        self.actor = actor
 
     def _actor(self) -> str:
-        from gateway.cli.common import actor
-
-        return actor()
+        return self.actor
 
     def models_list(self) -> list[dict[str, Any]]:
         from registry import service
@@ -331,9 +348,7 @@ class RemoteBackend:
 
     def quantize(self, name: str, ref: str, dataset: Path | None) -> dict[str, Any]:
         if dataset is not None:
-            from gateway.cli.common import CliError
-
-            raise CliError("--dataset works locally only; over HTTP the parent's latest "
+            raise InvalidInput("--dataset works locally only; over HTTP the parent's latest "
                            "evaluation dataset is used (evaluate the parent first)")
         return dict(self.client.post(
             f"/admin/models/{_seg(name)}/versions/{_seg(ref)}/quantize", json={}))
@@ -358,23 +373,11 @@ def _seg(value: str) -> str:
 
 def read_file(path: Path, limit: int | None) -> bytes:
     """A model or dataset file's bytes; a missing or oversized file is the user's error."""
-    from gateway.cli.common import CliError
-
     try:
         size = path.stat().st_size
         if limit is not None and size > limit:
-            raise CliError(f"{path} is {size} bytes; the limit (GATEWAY_MAX_MODEL_BYTES) is "
-                           f"{limit}")
+            raise InvalidInput(f"{path} is {size} bytes; the limit (GATEWAY_MAX_MODEL_BYTES) "
+                               f"is {limit}")
         return path.read_bytes()
     except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror}") from None
-
-
-class RemoteError(GatewayError):
-    """An error the gateway answered: its code and message, as the local form raises them."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None

@@ -94,7 +94,7 @@ class Context:
 
                 self._backend = RemoteBackend(GatewayClient(self.url, self.token))
             else:
-                self._backend = LocalBackend(self)
+                self._backend = LocalBackend(self, actor())
         return self._backend
 
     @staticmethod

@@ -16,7 +16,18 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from gateway.cli.backends import RemoteError
+from registry.errors import GatewayError
+
+
+class RemoteError(GatewayError):
+    """An error the gateway answered: its code and message, as the local form raises them."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 300.0  # an evaluation runs inside its request

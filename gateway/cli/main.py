@@ -361,14 +361,17 @@ def remote_options(parser: argparse.ArgumentParser, default: Any) -> None:
 def context_for(args: argparse.Namespace) -> Context:
     """The context a command runs in: a gateway over HTTP when a URL is given (the flag, or
     GATEWAY_URL) and the command works that way, else this host's stores."""
+    from gateway.settings import Settings
+
     func = args.func
     flagged = getattr(args, "url", None)
-    url = flagged or os.environ.get("GATEWAY_URL") or None
-    token = getattr(args, "token", None) or os.environ.get("GATEWAY_TOKEN") or None
     if getattr(func, "local_only", False):
         if flagged:
             raise CliError("this command runs on the gateway's own host only; drop --url")
         return Context()
+    settings = Settings.from_env()
+    url = flagged or settings.remote_url
+    token = getattr(args, "token", None) or settings.remote_token
     if url and not getattr(func, "over_http", False):
         raise CliError("this command does not work over HTTP yet; run it on the gateway's "
                        "host without --url (and GATEWAY_URL unset)")

@@ -85,12 +85,22 @@ class Agent:
         self.restarts = 0
 
     def start(self, timeout: float = 30.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process; `wait_ready` then waits for its socket. `gateway serve` starts
+        gunicorn in between, so the two boot side by side (a worker that is ready first
+        writes its first rows itself, as it does while the agent restarts)."""
         self.socket.parent.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.agent.main", "--socket", str(self.socket)],
             env=self._env, start_new_session=True)  # Ctrl-C is for gunicorn; we stop it last
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + timeout
-        while not self.socket.exists():  # workers' first rows find it listening
+        while not self.socket.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the gateway agent did not start; see the log above")
             time.sleep(0.02)
@@ -148,8 +158,15 @@ def serve(settings: Settings, bind: str, workers: int) -> int:
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     agent = Agent(socket_path(settings.state_dir, os.getpid()), env)
     env["MGW_AGENT_SOCKET"] = str(agent.socket)
-    agent.start()
+    agent.spawn()
     proc = subprocess.Popen(gunicorn_argv(bind, workers), env=env)
+    try:
+        agent.wait_ready()
+    except RuntimeError:
+        proc.terminate()
+        proc.wait(30)
+        agent.stop()
+        raise
     supervisor = threading.Thread(target=agent.supervise, args=(proc,), name="agent-supervisor",
                                   daemon=True)
     supervisor.start()
