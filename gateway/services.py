@@ -32,11 +32,13 @@ from gateway.serving.request_ids import RequestIds
 from gateway.serving.runtime import ModelRuntime
 from gateway.serving.shadow import ShadowPool
 from gateway.serving.tokens import TokenVerifier
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from gateway.traffic.admin import TrafficAdmin
 from gateway.traffic.sync import PolicyCache, PolicyChannel
 from registry.db import Database
-from registry.store import ArtifactStore
+from registry.sealing import BadKey, Keyring
+from registry.store import Store
+from registry.stores import open_store
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Services:
 
     settings: Settings
     db: Database
-    store: ArtifactStore
+    store: Store
     catalog: Catalog
     runtime: ModelRuntime
     dataplane: DataPlane
@@ -107,10 +109,24 @@ def redis_url_for(settings: Settings, *, start: bool) -> str | None:
     return embedded.url
 
 
+def store_for(settings: Settings) -> Store:
+    """The artifact store the settings name, with its keys; a malformed key stops start-up."""
+    try:
+        keyring = Keyring.from_settings(settings.artifact_key, settings.artifact_old_keys)
+    except BadKey as exc:
+        raise SettingsError(str(exc)) from None
+    try:
+        return open_store(settings.model_store, keyring, cache_dir=settings.model_cache,
+                          cache_bytes=settings.model_cache_bytes,
+                          plaintext_cache=settings.model_cache_plaintext)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def build_services(settings: Settings, *, background: bool = True) -> Services:
     """Wire the gateway for a serving process (`background`) or a one-shot command."""
     db = Database(settings.database_url)
-    store = ArtifactStore(settings.model_store)
+    store = store_for(settings)
     catalog = Catalog(db, settings.registry_poll_seconds, background=background)
     metrics = Metrics()
     runtime = ModelRuntime(store, settings.session_cache_count, settings.session_cache_bytes,
@@ -155,6 +171,6 @@ def build_services(settings: Settings, *, background: bool = True) -> Services:
         metrics=metrics, rollouts=rollouts,
         controller=RolloutController(rollouts, settings.rollout_interval_seconds),
         announcer=announcer, drift=drift,
-        readiness=Readiness(db, client, catalog, policies, runtime, dataplane),
+        readiness=Readiness(db, client, catalog, policies, runtime, dataplane, store),
         tokens=TokenVerifier(db, settings.token_cache_seconds),
     )

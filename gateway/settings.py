@@ -101,9 +101,34 @@ class Settings:
     redis_url: str | None = setting(
         None, "GATEWAY_REDIS_URL", "live traffic policies, registry announcements",
         shown="unset: a private `redis-server` started by the gateway")
-    model_store: Path = setting(Path("model-store"), "GATEWAY_MODEL_STORE",
-                                "artifacts, kept by sha256",
-                                shown="`model-store/` (working directory)")
+    model_store: str = setting(
+        "model-store", "GATEWAY_MODEL_STORE",
+        "artifacts and datasets, kept by sha256: a directory, or `s3://bucket/prefix` in "
+        "S3-compatible object storage shared by every replica (configured by the standard "
+        "`AWS_*` variables, `AWS_ENDPOINT_URL` included)",
+        shown="`model-store/` (working directory)")
+    model_cache: Path = setting(
+        Path("model-cache"), "GATEWAY_MODEL_CACHE",
+        "with an `s3://` store: where this replica keeps the artifacts it fetched (verified on "
+        "every load; a warm cache needs no download after a restart)",
+        shown="`model-cache/` (working directory)")
+    model_cache_bytes: int = setting(
+        10 * 1024 * MIB, "GATEWAY_MODEL_CACHE_BYTES",
+        "bound of that cache; least recently used artifacts go first", shown="10 GiB",
+        minimum=MIB)
+    model_cache_plaintext: bool = setting(
+        False, "GATEWAY_MODEL_CACHE_PLAINTEXT",
+        "with a key: keep cached artifacts decrypted (faster loads, models in clear on the "
+        "replica's disk)", shown="`off`")
+    artifact_key: str | None = setting(
+        None, "GATEWAY_ARTIFACT_KEY",
+        "32 random bytes, base64: artifacts and datasets are encrypted at rest (AES-256-GCM), "
+        "local or S3; see [docs/deployment.md](docs/deployment.md) for rotation",
+        shown="unset: stored as they are", secret=True)
+    artifact_old_keys: str | None = setting(
+        None, "GATEWAY_ARTIFACT_OLD_KEYS",
+        "comma-separated earlier keys, still accepted for reading while `gateway store "
+        "rotate-key` re-encrypts under the new one", shown="unset", secret=True)
     state_dir: Path = setting(
         Path(".gateway"), "GATEWAY_STATE_DIR",
         "the embedded Redis's socket, the outcome spool, metrics files, the cookie key",

@@ -29,7 +29,12 @@ from registry.errors import (
 from registry.inspect_onnx import InvalidModel, inspect_model
 from registry.names import check_alias_name, check_model_name, parse_version_ref
 from registry.records import Stage, VersionRecord
-from registry.store import ArtifactStore, ArtifactStoreFull, ArtifactStoreUnwritable
+from registry.store import (
+    ArtifactStoreFull,
+    ArtifactStoreUnavailable,
+    ArtifactStoreUnwritable,
+    Store,
+)
 from registry.tables import Alias, AuditEntry, Model, ModelVersion, utcnow
 
 METADATA_KEYS = {"description", "dataset", "params", "metrics", "parent_version", "aliases"}
@@ -185,7 +190,7 @@ def version_record(row: ModelVersion, model_name: str, aliases: list[str]) -> Ve
 
 def register_version(
     db: Database,
-    store: ArtifactStore,
+    store: Store,
     name: str,
     data: bytes,
     metadata: Any,
@@ -207,7 +212,7 @@ def register_version(
         sha256 = store.put(data)  # before any row: a refused write leaves the registry as it was
     except ArtifactStoreFull as exc:
         raise InsufficientStorage(str(exc)) from None
-    except ArtifactStoreUnwritable as exc:
+    except (ArtifactStoreUnwritable, ArtifactStoreUnavailable) as exc:
         raise Unavailable(str(exc)) from None
     last_error: Exception | None = None
     for _ in range(REGISTER_ATTEMPTS):

@@ -101,11 +101,45 @@ def settings(database_url: str, tmp_path: Path, redis_prefix: str) -> Settings:
 
 def server_env(settings: Settings) -> dict[str, str]:
     """The environment a `gateway serve` process needs to share this test's stores."""
-    return {"GATEWAY_DATABASE_URL": settings.database_url,
-            "GATEWAY_MODEL_STORE": str(settings.model_store),
-            "GATEWAY_REDIS_URL": settings.redis_url or "",
-            "GATEWAY_REDIS_PREFIX": settings.redis_prefix,
-            "GATEWAY_STATE_DIR": str(settings.state_dir)}
+    env = {"GATEWAY_DATABASE_URL": settings.database_url,
+           "GATEWAY_MODEL_STORE": str(settings.model_store),
+           "GATEWAY_MODEL_CACHE": str(settings.model_cache),
+           "GATEWAY_REDIS_URL": settings.redis_url or "",
+           "GATEWAY_REDIS_PREFIX": settings.redis_prefix,
+           "GATEWAY_STATE_DIR": str(settings.state_dir)}
+    if settings.artifact_key:
+        env["GATEWAY_ARTIFACT_KEY"] = settings.artifact_key
+    if settings.artifact_old_keys:
+        env["GATEWAY_ARTIFACT_OLD_KEYS"] = settings.artifact_old_keys
+    return env
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real S3-compatible server (SeaweedFS) for the run; each test takes its own bucket."""
+    from tests.s3_server import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(seaweed: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A bucket of this test's own, with the AWS variables set for in-process boto3."""
+    for key, value in seaweed.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = seaweed.new_bucket()
+    yield bucket
+    if seaweed.proc is not None:
+        seaweed.drop_bucket(bucket)
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_bucket: str, tmp_path: Path) -> Settings:
+    """`settings` with artifacts in this test's bucket, cached under the test's directory."""
+    return settings.with_(model_store=f"s3://{s3_bucket}/models",
+                          model_cache=tmp_path / "cache")
 
 
 @pytest.fixture

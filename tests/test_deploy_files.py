@@ -216,10 +216,18 @@ def test_compose_gateway_environment(compose: dict[str, Any]) -> None:
     assert "@postgres:5432/" in env["GATEWAY_DATABASE_URL"]
     assert env["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
     assert str(env.get("GATEWAY_AUTH")).lower() == "on"
-    targets = {str(v).split(":")[1] for v in gateway.get("volumes", []) if isinstance(v, str)}
-    assert env["GATEWAY_MODEL_STORE"] in targets, (
-        "GATEWAY_MODEL_STORE must be a volume shared by the gateway replicas"
+    targets = {str(v).split(":")[-1] for v in gateway.get("volumes", []) if isinstance(v, str)}
+    anonymous = {v["target"] for v in gateway.get("volumes", [])
+                 if isinstance(v, dict) and v.get("type") == "volume" and not v.get("source")}
+    assert env["GATEWAY_MODEL_STORE"].startswith("s3://"), (
+        "replicas share artifacts through the S3 service, not a shared volume"
     )
+    assert env["AWS_ENDPOINT_URL"] == "http://s3:8333" and "s3" in compose["services"]
+    assert env["GATEWAY_MODEL_CACHE"] in anonymous, (
+        "each replica caches in a volume of its own (anonymous, not shared)"
+    )
+    depends = gateway.get("depends_on") or {}
+    assert depends.get("s3-bucket", {}).get("condition") == "service_completed_successfully"
     assert env.get("GATEWAY_STATE_DIR"), "GATEWAY_STATE_DIR must be set"
     assert env["GATEWAY_STATE_DIR"] not in targets, (
         "GATEWAY_STATE_DIR is per container (spool, metrics files): it must not be a shared volume"
@@ -791,7 +799,6 @@ def test_deployment_volumes_match_the_configuration(
     container = main_container(deployment)
     config = k8s_object(manifests, "ConfigMap")
     secret = k8s_object(manifests, "Secret")
-    pvc = k8s_object(manifests, "PersistentVolumeClaim")
 
     sources = {
         ("configMapRef" if "configMapRef" in ref else "secretRef"): next(iter(ref.values()))["name"]
@@ -807,13 +814,17 @@ def test_deployment_volumes_match_the_configuration(
 
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
-    store = mounts.get(config["data"]["GATEWAY_MODEL_STORE"])
-    assert store, "GATEWAY_MODEL_STORE must be a mounted volume"
-    claim = volumes[store].get("persistentVolumeClaim", {}).get("claimName")
-    assert claim == pvc["metadata"]["name"], "the model store must be the PVC in pvc.yaml"
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], (
-        "replicas share the model store: the PVC must be ReadWriteMany"
+    assert config["data"]["GATEWAY_MODEL_STORE"].startswith("s3://"), (
+        "replicas share artifacts through object storage, not a ReadWriteMany volume"
     )
+    cache = mounts.get(config["data"]["GATEWAY_MODEL_CACHE"])
+    assert cache and "emptyDir" in volumes[cache], "each pod caches artifacts in an emptyDir"
+    limit = volumes[cache]["emptyDir"]["sizeLimit"]
+    assert limit.endswith("Gi") and int(config["data"]["GATEWAY_MODEL_CACHE_BYTES"]) < (
+        int(limit[:-2]) * 1024 ** 3), "the cache bound must stay under the emptyDir's limit"
+    assert not any("persistentVolumeClaim" in v for v in volumes.values())
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GATEWAY_ARTIFACT_KEY"} <= set(
+        secret.get("stringData", {})), "the bucket's credentials and the key are secrets"
     state = mounts.get(config["data"]["GATEWAY_STATE_DIR"])
     assert state and "emptyDir" in volumes[state], (
         "GATEWAY_STATE_DIR must be a per-pod emptyDir (the root filesystem is read-only)"

@@ -70,11 +70,13 @@ def test_each_declared_variable_is_read_and_bounded():
 
 def test_secrets_stay_out_of_repr():
     settings = Settings(database_url="postgresql+psycopg://u:hunter2@db/x", secret_key="k" * 40,
-                        remote_token="mgw_0123456789abcdef_secret")
+                        remote_token="mgw_0123456789abcdef_secret",
+                        artifact_key="QUJD" * 11, artifact_old_keys="WFla" * 11)
     assert "hunter2" not in repr(settings) and "k" * 40 not in repr(settings)
     assert "mgw_0123456789abcdef_secret" not in repr(settings)
-    assert {f.name for f in fields(Settings) if not f.repr} == {"database_url", "secret_key",
-                                                                 "remote_token"}
+    assert "QUJD" not in repr(settings) and "WFla" not in repr(settings)
+    assert {f.name for f in fields(Settings) if not f.repr} == {
+        "database_url", "secret_key", "remote_token", "artifact_key", "artifact_old_keys"}
 
 
 def test_a_database_url_of_another_kind_is_refused():

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from gateway.services import Services
     from gateway.settings import Settings
     from registry.db import Database
-    from registry.store import ArtifactStore
+    from registry.store import Store
 
 
 class Stores(Protocol):
@@ -37,7 +37,7 @@ class Stores(Protocol):
     @property
     def db(self) -> Database: ...
     @property
-    def store(self) -> ArtifactStore: ...
+    def store(self) -> Store: ...
     def announce(self, model: str) -> None: ...
     def note(self, text: str) -> None: ...
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from gateway.cli.backends import Backend
 from gateway.settings import Settings
 from registry.db import Database
-from registry.store import ArtifactStore
+from registry.store import Store
 
 
 class CliError(Exception):
@@ -124,7 +124,7 @@ class Context:
         return self.services.db
 
     @property
-    def store(self) -> ArtifactStore:
+    def store(self) -> Store:
         return self.services.store
 
     def announce(self, model: str) -> None:

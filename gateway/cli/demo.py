@@ -16,13 +16,13 @@ from registry import service, tokens
 from registry.db import Database
 from registry.migrate import upgrade
 from registry.records import PolicyRecord
-from registry.store import ArtifactStore
+from registry.store import Store
 
 MODEL = "digits"
 DEMO_TOKENS = {"ops": "demo-ops", "analyst": "demo-analyst", "app": "demo-app"}
 
 
-def register_examples(db: Database, store: ArtifactStore, models_dir: Path,
+def register_examples(db: Database, store: Store, models_dir: Path,
                       max_bytes: int) -> dict[str, int]:
     """Build the example models and register each once; returns example name -> version."""
     from models.examples import build_examples, dataset_info
@@ -51,7 +51,7 @@ def register_examples(db: Database, store: ArtifactStore, models_dir: Path,
     return numbers
 
 
-def evaluate_examples(db: Database, store: ArtifactStore, models_dir: Path,
+def evaluate_examples(db: Database, store: Store, models_dir: Path,
                       numbers: dict[str, int], max_bytes: int) -> None:
     """Evaluate each example on the held-out split once (re-runs skip versions that already
     have an evaluation on it), so `models show`, the gate and drift have data from the start."""

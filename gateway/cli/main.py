@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli import deliver as cli_deliver
     from gateway.cli import lifecycle as cli_lifecycle
     from gateway.cli import rollout as cli_rollout
+    from gateway.cli import store as cli_store
 
     cli_lifecycle.add_commands(models, add)
 
@@ -492,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_rollout.add_commands(sub, add)
     cli_deliver.add_command(sub, add)
+    cli_store.add_commands(sub, add)
 
     p = add(sub, "audit", cmd_audit, "who changed what, when and why", json_flag=True)
     p.add_argument("--model")

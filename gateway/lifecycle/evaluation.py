@@ -24,7 +24,7 @@ from registry.db import Database
 from registry.errors import InsufficientStorage, InvalidInput, Unavailable
 from registry.inspect_onnx import InvalidModel, refuse_external_data, session_options
 from registry.records import VersionRecord
-from registry.store import ArtifactError, ArtifactStore, ArtifactStoreFull
+from registry.store import ArtifactError, ArtifactStoreFull, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def single_input_name(record: VersionRecord) -> str | None:
     return inputs[0]["name"] if len(inputs) == 1 else None
 
 
-def load_session(store: ArtifactStore, sha256: str) -> ort.InferenceSession:
+def load_session(store: Store, sha256: str) -> ort.InferenceSession:
     """A one-thread session on the stored artifact: evaluation shares the host with serving."""
     try:
         data = store.read(sha256)
@@ -150,7 +150,7 @@ def _reference(X: np.ndarray) -> dict[str, Any] | None:
         return None
 
 
-def evaluate(db: Database, store: ArtifactStore, model: str, version_ref: str | int,
+def evaluate(db: Database, store: Store, model: str, version_ref: str | int,
              dataset: Dataset, actor: str) -> dict[str, Any]:
     """Run the version over the dataset, keep the dataset's bytes, record the evaluation."""
     record = service.get_version(db, model, version_ref)
@@ -168,7 +168,7 @@ def evaluate(db: Database, store: ArtifactStore, model: str, version_ref: str | 
         metrics, _reference(dataset.X), actor)
 
 
-def evaluate_and_gate(db: Database, store: ArtifactStore, model: str, version_ref: str | int,
+def evaluate_and_gate(db: Database, store: Store, model: str, version_ref: str | int,
                       dataset: Dataset, actor: str) -> dict[str, Any]:
     """`evaluate`, then the gate's verdict on the version with this evaluation (`gate`: None
     when the model has no gate): what `gateway models evaluate` and

@@ -27,7 +27,7 @@ from registry import evaluations, service
 from registry.db import Database
 from registry.errors import InvalidInput, Unavailable
 from registry.records import VersionRecord
-from registry.store import ArtifactError, ArtifactStore
+from registry.store import ArtifactError, Store
 
 WEIGHT_TYPE = "QInt8"
 # what quantize_dynamic puts in a graph it did quantize
@@ -106,7 +106,7 @@ def quantize_bytes(data: bytes, where: str) -> bytes:
     return quantized
 
 
-def _parent_dataset(db: Database, store: ArtifactStore, model: str, parent: VersionRecord,
+def _parent_dataset(db: Database, store: Store, model: str, parent: VersionRecord,
                     max_bytes: int) -> Dataset:
     """The dataset of the parent's latest evaluation, read back from the store."""
     latest = evaluations.latest_evaluation(db, model, parent["version"])
@@ -123,7 +123,7 @@ def _parent_dataset(db: Database, store: ArtifactStore, model: str, parent: Vers
     return parse_dataset(latest["dataset"]["name"], raw, max_bytes, single_input_name(parent))
 
 
-def quantize(db: Database, store: ArtifactStore, model: str, version_ref: str | int,
+def quantize(db: Database, store: Store, model: str, version_ref: str | int,
              actor: str, dataset: Dataset | None = None, *,
              max_bytes: int = 512 * 1024 * 1024) -> dict[str, Any]:
     """Register the INT8 copy of a version as a new version (its parent the original) and

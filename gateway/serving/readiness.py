@@ -19,6 +19,7 @@ from gateway.serving.runtime import ModelRuntime
 from gateway.traffic.sync import PolicyCache
 from registry.db import Database
 from registry.errors import GatewayError
+from registry.store import Store
 
 VersionState = str  # "ok", "loading", "unknown to this worker yet" or "broken: <why>"
 
@@ -29,9 +30,13 @@ class WorkerReadiness:
     registry: str
     redis: str
     versions: dict[str, VersionState] = field(default_factory=dict)  # "model:version" -> state
+    # reported, not required: with object storage down, versions already loaded or cached keep
+    # serving, and a replica taken out of rotation for it would turn that into an outage
+    artifact_store: str = "ok"
 
     def checks(self) -> dict[str, object]:
-        return {"registry": self.registry, "redis": self.redis, "versions": self.versions}
+        return {"registry": self.registry, "redis": self.redis, "versions": self.versions,
+                "artifact_store": self.artifact_store}
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,9 @@ class VersionReadiness:
 
 class Readiness:
     def __init__(self, db: Database, client: redis.Redis | None, catalog: Catalog,
-                 policies: PolicyCache, runtime: ModelRuntime, dataplane: DataPlane) -> None:
+                 policies: PolicyCache, runtime: ModelRuntime, dataplane: DataPlane,
+                 store: Store) -> None:
+        self._store = store
         self._db = db
         self._client = client
         self._catalog = catalog
@@ -94,7 +101,7 @@ class Readiness:
                 versions[f"{name}:{number}"] = state
                 any_ready[name] = any_ready.get(name, False) or state == "ok"
         ready = registry_state == "ok" and redis_state == "ok" and all(any_ready.values())
-        return WorkerReadiness(ready, registry_state, redis_state, versions)
+        return WorkerReadiness(ready, registry_state, redis_state, versions, self._store.health())
 
     def version(self, model: str, ref: str | None) -> VersionReadiness:
         """The version a request would reach (pinned, or by the policy) and whether it loads;

@@ -30,7 +30,7 @@ from gateway.serving.batching import Batcher, merge_refusal, run_alone
 from gateway.serving.catalog import VersionInfo
 from registry.errors import Unavailable
 from registry.inspect_onnx import refuse_external_data, session_options
-from registry.store import ArtifactStore
+from registry.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def warmup_inputs(version: VersionInfo) -> dict[str, np.ndarray]:
 class ModelRuntime:
     """Bounded cache of warmed sessions, safe for the worker's threads."""
 
-    def __init__(self, store: ArtifactStore, max_count: int, max_bytes: int,
+    def __init__(self, store: Store, max_count: int, max_bytes: int,
                  intra_op_threads: int,
                  on_failure: Callable[[VersionInfo], None] | None = None,
                  batch_sizes: Histogram | None = None) -> None:
@@ -156,14 +156,17 @@ class ModelRuntime:
                 raise Unavailable(f"{version.model} version {version.version} cannot be loaded: "
                                   f"{failure[1]}")
             try:
-                data = self._store.read(version.sha256)
-                # versions registered before the check existed are held to it too
-                refuse_external_data(onnx.load_from_string(data))
-                session = ort.InferenceSession(
-                    data, sess_options=session_options(self._threads),
-                    providers=["CPUExecutionProvider"],
-                )
-                loaded = LoadedModel(version.sha256, len(data), session)
+                # a verified plaintext file (decrypted in memory when sealed): onnxruntime
+                # reads it itself, so the model's bytes are never held twice here
+                with self._store.load_path(version.sha256) as path:
+                    # versions registered before the check existed are held to it too
+                    refuse_external_data(onnx.load(str(path), load_external_data=False))
+                    session = ort.InferenceSession(
+                        str(path), sess_options=session_options(self._threads),
+                        providers=["CPUExecutionProvider"],
+                    )
+                    size = path.stat().st_size
+                loaded = LoadedModel(version.sha256, size, session)
                 loaded.run(warmup_inputs(version), None)
             except Exception as exc:  # a bad artifact, onnxruntime refusing it, a failed warm-up
                 reason = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
