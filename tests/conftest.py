@@ -72,6 +72,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         drop_pg_database(admin, url)
 
 
+@pytest.fixture
+def on_sqlite_only(database_url: str) -> None:
+    """For a test whose subject does not depend on the registry database: run it once."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("does not depend on the registry database: run once, on SQLite")
+
+
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -92,11 +99,15 @@ def redis_prefix() -> Iterator[str]:
     client.close()
 
 
+def settings_for(database_url: str, root: Path, redis_prefix: str) -> Settings:
+    return Settings(database_url=database_url, model_store=root / "store", auth=True,
+                    max_model_bytes=8 * 1024 * 1024, redis_url=REDIS_URL,
+                    redis_prefix=redis_prefix, state_dir=root / "state")
+
+
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path, redis_prefix: str) -> Settings:
-    return Settings(database_url=database_url, model_store=tmp_path / "store", auth=True,
-                    max_model_bytes=8 * 1024 * 1024, redis_url=REDIS_URL,
-                    redis_prefix=redis_prefix, state_dir=tmp_path / "state")
+    return settings_for(database_url, tmp_path, redis_prefix)
 
 
 def server_env(settings: Settings) -> dict[str, str]:
@@ -193,9 +204,7 @@ def error_of(response: Any) -> dict[str, Any]:
     return body["error"]
 
 
-@pytest.fixture
-def digits(settings: Settings, db: Database, examples_dir: Path) -> dict[str, Any]:
-    """The example models registered as `digits` 1 (logreg), 2 (forest), 3 (mlp)."""
+def register_digits(settings: Settings, db: Database, examples_dir: Path) -> dict[str, Any]:
     from registry import service
     from registry.store import ArtifactStore
 
@@ -211,6 +220,38 @@ def digits(settings: Settings, db: Database, examples_dir: Path) -> dict[str, An
     data = np.load(examples_dir / "digits_test.npz")
     return {"paths": paths, "X": data["X"], "y": data["y"], "versions": {"logreg": 1,
                                                                           "forest": 2, "mlp": 3}}
+
+
+@pytest.fixture
+def digits(settings: Settings, db: Database, examples_dir: Path) -> dict[str, Any]:
+    """The example models registered as `digits` 1 (logreg), 2 (forest), 3 (mlp)."""
+    return register_digits(settings, db, examples_dir)
+
+
+@pytest.fixture(scope="module")
+def module_stack(tmp_path_factory: pytest.TempPathFactory, examples_dir: Path
+                 ) -> Iterator[dict[str, Any]]:
+    """A SQLite registry with `digits` 1-3 and a token per role, on a Redis prefix of its own,
+    kept for a whole module: for modules whose tests share one live gateway (booting one
+    costs seconds) and whose subject does not depend on the database."""
+    import redis
+
+    root = tmp_path_factory.mktemp("stack")
+    url = f"sqlite:///{root / 'gateway.db'}"
+    upgrade(url)
+    prefix = f"mgwtest:{uuid.uuid4().hex[:10]}:"
+    settings = settings_for(url, root, prefix)
+    database = Database(url)
+    stack = {"settings": settings, "db": database, "root": root,
+             "digits": register_digits(settings, database, examples_dir),
+             "role_tokens": {role: tokens.create_token(database, role, f"test-{role}", "tests")
+                             for role in tokens.ROLES}}
+    yield stack
+    database.dispose()
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def test_register_show_alias_archive_round_trip(tmp_path, cli_env):
     assert [e["action"] for e in audit][:2] == ["version.archive", "alias.set"]
 
 
-def test_errors_are_one_line_without_traceback(tmp_path, cli_env):
+def test_errors_are_one_line_without_traceback(tmp_path, cli_env, on_sqlite_only):
     garbage = tmp_path / "bad.onnx"
     garbage.write_bytes(b"\x00garbage" * 50)
     cases = [

@@ -24,12 +24,6 @@ TIMEOUT_S = 2
 KEEPALIVE_S = 1
 
 
-@pytest.fixture
-def sqlite_only(database_url):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the worker's socket handling does not depend on the database")
-
-
 def workers_of(base: str) -> set[int]:
     return worker_pids(gunicorn_master(base))
 
@@ -85,12 +79,19 @@ def drip(port: int, prefix: bytes, results: list, every: float = 0.3) -> None:
     results.append((time.monotonic() - started, answer))
 
 
-@pytest.fixture
-def served(settings, digits, role_tokens, tmp_path, sqlite_only):
-    env = {**server_env(settings), "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S),
+@pytest.fixture(scope="module")
+def served(module_stack):
+    """One gateway for the module's tests: each checks the workers it started with are the
+    ones left, so a test that broke one would fail itself, not hide behind a fresh server."""
+    env = {**server_env(module_stack["settings"]), "GATEWAY_REQUEST_TIMEOUT": str(TIMEOUT_S),
            "GATEWAY_KEEPALIVE_SECONDS": str(KEEPALIVE_S)}
-    with gateway_server(env, cwd=tmp_path) as base:
-        yield base, role_tokens["app"], digits["X"][0].tolist()
+    with gateway_server(env, cwd=module_stack["root"]) as base:
+        yield base, module_stack["role_tokens"]["app"], module_stack["digits"]["X"][0].tolist()
+
+
+@pytest.fixture
+def digits(module_stack):
+    return module_stack["digits"]
 
 
 def test_slow_headers_get_408_and_free_the_worker(served):

@@ -39,9 +39,12 @@ def _ready_on_both_workers(base, timeout=30.0):
             time.sleep(0.05)
 
 
-@pytest.fixture
-def server(settings, digits, role_tokens, tmp_path):
-    with gateway_server(server_env(settings), workers=2, cwd=tmp_path) as base:
+@pytest.fixture(scope="module")
+def server(module_stack):
+    """One gateway for the tests that only read (the protocol, bad input): the V2 protocol
+    does not depend on the registry database, so they run once, on SQLite."""
+    with gateway_server(server_env(module_stack["settings"]), workers=2,
+                        cwd=module_stack["root"]) as base:
         _ready_on_both_workers(base)
         yield base
 
@@ -65,7 +68,8 @@ def _direct(path, X):
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_tritonclient_live_ready_metadata_infer(server, digits, role_tokens, binary):
+def test_tritonclient_live_ready_metadata_infer(server, module_stack, binary):
+    digits, role_tokens = module_stack["digits"], module_stack["role_tokens"]
     client = triton_http.InferenceServerClient(server.removeprefix("http://"))
     headers = _auth(role_tokens)
     assert client.is_server_live() and client.is_server_ready()
@@ -119,7 +123,8 @@ def _post_raw(base: str, body: bytes, headers) -> tuple[int, dict]:
     return status, payload
 
 
-def test_bad_input_does_not_hurt_the_server(server, digits, role_tokens):
+def test_bad_input_does_not_hurt_the_server(server, module_stack):
+    digits, role_tokens = module_stack["digits"], module_stack["role_tokens"]
     headers = _auth(role_tokens)
     bad = [b"{", b"[" * 100_000, orjson.dumps({"model": "digits", "inputs": [["x"] * 64]}),
            b'{"model":"digits","inputs":[[' + b"1," * 3_000_000 + b"1]]}"]
