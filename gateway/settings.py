@@ -240,6 +240,10 @@ class Settings:
         "how often the rollout controller (in the agent; in each process without one) looks at "
         "running rollouts",
         shown="10 (s)", minimum=0.05)
+    demo_rate: float = setting(
+        20.0, "GATEWAY_DEMO_RATE",
+        "requests per second of `gateway demo`'s simulated application (loopback only; "
+        "`--no-traffic` turns it off)", shown="20", minimum=0.1, maximum=200)
     # tunables without a variable: tests set them
     registry_poll_seconds: float = 0.5
     policy_refresh_seconds: float = 1.0

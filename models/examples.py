@@ -409,9 +409,35 @@ def build_examples(out_dir: Path) -> list[ExampleModel]:
     return [_build_one(recipe, split, out_dir) for recipe in _RECIPES]
 
 
-def _build_one(recipe: _Recipe, split: _Split, out_dir: Path) -> ExampleModel:
+# The demo's rollback scenario (`gateway demo --scenario rollback`): a retrained mlp whose
+# training labels had one pair of digits swapped, so it is confidently wrong on about a fifth
+# of inputs (those digits) and right on the rest, as a real data-pipeline bug would leave it.
+FLAWED_SWAPS: Final[dict[int, int]] = {3: 8, 8: 3}
+FLAWED: Final[_Recipe] = _Recipe(
+    name="mlp_flawed",
+    description=(
+        "A retrained mlp whose training labels had 3 and 8 swapped by a pipeline bug: "
+        "wrong on about a fifth of inputs. The demo's rollback scenario rolls it out."
+    ),
+    parent="mlp",
+    params={**_RECIPES[2].params, "label_swaps": {str(k): v for k, v in FLAWED_SWAPS.items()}},
+    make=_make_mlp,
+)
+
+
+def build_flawed(out_dir: Path) -> ExampleModel:
+    """Write out_dir/mlp_flawed.onnx (see FLAWED); deterministic like the others."""
+    split = _split()
+    swapped = np.array([FLAWED_SWAPS.get(int(label), int(label)) for label in split.y_train],
+                       dtype="<i8")
+    trained_on = _Split(split.X_train, split.X_test, swapped, split.y_test)
+    return _build_one(FLAWED, split, Path(out_dir), fit_split=trained_on)
+
+
+def _build_one(recipe: _Recipe, split: _Split, out_dir: Path,
+               fit_split: _Split | None = None) -> ExampleModel:
     path = out_dir / f"{recipe.name}.onnx"
-    _write_atomic(path, _export(_fit(recipe, split), recipe))
+    _write_atomic(path, _export(_fit(recipe, fit_split or split), recipe))
     session = _session(path)
     metrics = {
         "accuracy": _accuracy(session, split.X_test, split.y_test),

@@ -120,7 +120,14 @@ def test_demo_sets_up_from_an_empty_directory_in_under_a_minute(tmp_path):
     assert [v["parent_version"] for v in versions] == [None, 1, 1]
     assert all(v["metrics"]["accuracy"] > 0.9 for v in versions)
     assert listed[0]["aliases"] == {"challenger": 3, "champion": 1}
+    # the progressive rollout of mlp over logreg has begun, forest shadowing
+    rollout = orjson.loads(run(["rollout", "status", "digits", "--json"], tmp_path).stdout)
+    assert (rollout["candidate"], rollout["baseline"], rollout["weight"]) == (3, 1, 10)
+    assert rollout["state"] == "running" and rollout["previous_policy"]["shadow"] == {"2": 100}
     again = run(["demo", "--no-serve"], tmp_path)  # idempotent: same versions, new tokens
     assert "logreg=1, forest=2, mlp=3" in again.stdout
+    assert "rollout already ran" in again.stdout
+    assert orjson.loads(run(["rollout", "status", "digits", "--json"], tmp_path).stdout)[
+        "id"] == rollout["id"]
     tokens = orjson.loads(run(["token", "list", "--json"], tmp_path).stdout)
-    assert sum(t["revoked_at"] is None for t in tokens) == 3 and len(tokens) == 6
+    assert sum(t["revoked_at"] is None for t in tokens) == 4 and len(tokens) == 8

@@ -343,7 +343,10 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> None:
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> None:
     from gateway.cli.demo import run_demo
 
-    run_demo(ctx.settings, workdir=Path(args.dir), serve_after=not args.no_serve, bind=args.bind)
+    if args.min_samples < 10:
+        raise CliError("--min-samples must be at least 10")
+    run_demo(ctx.settings, workdir=Path(args.dir), serve_after=not args.no_serve, bind=args.bind,
+             traffic=not args.no_traffic, scenario=args.scenario, min_samples=args.min_samples)
 
 
 # ---- parser --------------------------------------------------------------------------------
@@ -514,6 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=".", help="working directory for the demo's files")
     p.add_argument("--bind", default="127.0.0.1:8000")
     p.add_argument("--no-serve", action="store_true", help="set up, print, and exit")
+    p.add_argument("--no-traffic", action="store_true",
+                   help="no simulated application (default: GATEWAY_DEMO_RATE requests/s)")
+    p.add_argument("--scenario", choices=["promote", "rollback"], default="promote",
+                   help="promote: the mlp, better, is rolled out step by step; rollback: a "
+                        "retrained mlp with a label bug is rolled out and rolled back")
+    p.add_argument("--min-samples", type=int, default=100,
+                   help="labelled outcomes the rollout waits for at each step (default 100)")
     return parser
 
 

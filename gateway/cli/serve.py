@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.agent.channel import socket_path
@@ -138,8 +139,12 @@ def _forget_metrics(directory: str, pid: int) -> None:
     multiprocess.mark_process_dead(pid, directory)
 
 
-def serve(settings: Settings, bind: str, workers: int) -> int:
-    """Migrate the schema, then run gunicorn until it exits; returns its exit status."""
+def serve(settings: Settings, bind: str, workers: int,
+          on_stop: Callable[[], None] | None = None) -> int:
+    """Migrate the schema, then run gunicorn until it exits; returns its exit status.
+    `on_stop` runs as soon as a stop is asked for (SIGINT, SIGTERM), before gunicorn drains:
+    `gateway demo` stops its simulated application there, so that it does not knock on a
+    closing door."""
     from registry.migrate import upgrade
 
     if workers < 1:
@@ -171,12 +176,21 @@ def serve(settings: Settings, bind: str, workers: int) -> int:
                                   daemon=True)
     supervisor.start()
 
+    def stopping() -> None:
+        if on_stop is not None:
+            threading.Thread(target=on_stop, name="on-stop", daemon=True).start()
+
     def forward(signum: int, _frame: object) -> None:
+        if signum == signal.SIGTERM:
+            stopping()
         proc.send_signal(signum)
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        stopping()  # the terminal sends SIGINT to gunicorn too: nothing to forward
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal sends it to gunicorn too
+    signal.signal(signal.SIGINT, interrupted)
     try:
         return proc.wait()
     finally:

@@ -22,6 +22,7 @@ from gateway.web.dashboard.charts import (
     version_colour,
 )
 from gateway.web.dashboard.drift import drift_view
+from gateway.web.dashboard.lineage import lineage_svg
 from gateway.web.dashboard.rollouts import rollout_view
 from registry import timeseries
 from registry.errors import GatewayError
@@ -131,7 +132,7 @@ def _versions_view(versions: list[dict[str, Any]], policy: PolicyRecord | None
                                    if dataset.get("sha256") else [])]),
             "metrics": [f"{k}={val:.4g}" if isinstance(val, float) else f"{k}={val}"
                         for k, val in sorted((v.get("metrics") or {}).items())],
-            "parent": v["parent_version"],
+            "parent": v["parent_version"], "params": v.get("params") or {},
             "children": [c["version"] for c in versions if c["parent_version"] == number],
             "archived": v["stage"] == "archived", "archived_reason": v.get("archived_reason"),
             "share": fmt_pct(weights[str(number)] / total) if str(number) in weights and total
@@ -201,9 +202,11 @@ def model_view(svc: Services, record: dict[str, Any], window: Window,
                                         window.axis.step)
     shadow = timeseries.shadow_series(svc.db, name, window.since, window.until,
                                       window.axis.step)
+    versions = _versions_view(record["versions"], policy)
     return {
         "name": name,
-        "versions": _versions_view(record["versions"], policy),
+        "versions": versions,
+        "lineage": lineage_svg(versions),
         "form_versions": [v["version"] for v in record["versions"] if v["stage"] != "archived"],
         "policy": _policy_view(policy) if policy and policy["revision"] else None,
         "revision": policy["revision"] if policy else 0,
