@@ -44,7 +44,7 @@ from tests.server import gateway_server
 
 # per operation, in the fuzzing phase; deterministic, so the same cases every run. Set
 # MGW_FUZZ_EXAMPLES (e.g. 500) to fuzz harder locally.
-MAX_EXAMPLES = int(os.environ.get("MGW_FUZZ_EXAMPLES", "15"))
+MAX_EXAMPLES = int(os.environ.get("MGW_FUZZ_EXAMPLES", "25"))
 RUN_TIMEOUT = 300 + 2 * MAX_EXAMPLES  # seconds for the whole schemathesis run
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 120)
 REQUEST_TIMEOUT = 15  # seconds; a slower answer is a hang and fails the run
