@@ -1,4 +1,8 @@
-"""The `gateway` command as a user runs it: a real process, real files, real databases."""
+"""The `gateway` command as a user runs it: a real process, real files, real databases.
+
+Each test here spawns several `gateway` processes; those whose subject is the command itself
+run once, on SQLite. The CLI on PostgreSQL is exercised by tests/test_outcomes.py (compare,
+export, prune as processes) and by the tests using the in-process `cli` fixture."""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ def cli_env(settings) -> dict[str, str]:
             "GATEWAY_MODEL_STORE": str(settings.model_store)}
 
 
-def test_register_show_alias_archive_round_trip(tmp_path, cli_env):
+def test_register_show_alias_archive_round_trip(tmp_path, cli_env, on_sqlite_only):
     model = tmp_path / "m.onnx"
     model.write_bytes(add_constant_model(1.0))
     out = run(["models", "register", "m", str(model), "--json",
@@ -83,7 +87,8 @@ def test_unmigrated_database_says_what_to_run(tmp_path):
     assert result.returncode == 2 and "gateway db upgrade" in result.stderr
 
 
-def test_token_create_prints_the_token_last_and_it_works(tmp_path, cli_env, settings):
+def test_token_create_prints_the_token_last_and_it_works(tmp_path, cli_env, settings,
+                                                        on_sqlite_only):
     out = run(["token", "create", "--role", "ops", "--name", "alice"], tmp_path, cli_env).stdout
     token = out.strip().splitlines()[-1]
     assert token.startswith("mgw_")

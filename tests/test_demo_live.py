@@ -64,11 +64,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     workdir = tmp_path_factory.mktemp("demo")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "AWS_"))}
-    env.update({"GATEWAY_ROLLOUT_INTERVAL": "0.5", "GATEWAY_DEMO_RATE": "40"})
+    env.update({"GATEWAY_ROLLOUT_INTERVAL": "0.5", "GATEWAY_DEMO_RATE": "60"})
     log = open(workdir / "demo.log", "wb")  # noqa: SIM115 - handed to the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli.main", "demo", "--bind", f"127.0.0.1:{port}",
-         "--min-samples", "20"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+         "--min-samples", "10"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     log.close()
     started = time.monotonic()
@@ -102,7 +102,7 @@ def test_the_demo_comes_alive_and_stops_whole(demo):
             "advance", "complete", "rollback"}
         labelled = sum(v["feedback"] for v in compare.get("versions", []))
         agreed = sum(s["compared"] for s in compare.get("shadow", []))
-        if decided and labelled >= 20 and agreed >= 20:
+        if decided and labelled >= 10 and agreed >= 10:
             break
         time.sleep(1)
     else:
