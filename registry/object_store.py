@@ -152,8 +152,11 @@ class S3Store:
 
         body: Any = (io.BytesIO(data) if self.keyring.current is None
                      else SealingReader(encoded_chunks(data, digest, self.keyring)))
-        config = TransferConfig(multipart_threshold=16 * 1024 * 1024,
-                                multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
+        # parts of 8 MiB, at most 4 in memory (in flight or read ahead): the upload costs
+        # tens of MiB beside the model, whatever its size (bench/store_memory.py)
+        config = TransferConfig(multipart_threshold=8 * 1024 * 1024,
+                                multipart_chunksize=8 * 1024 * 1024, max_concurrency=4)
+        config.max_in_memory_upload_chunks = 4  # s3transfer's, not among boto3's arguments
         try:
             self.client.upload_fileobj(body, self.bucket, self.key_for(digest), Config=config)
         except (BotoCoreError, ClientError, _upload_failed()) as exc:
