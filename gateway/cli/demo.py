@@ -185,10 +185,12 @@ def run_demo(settings: Settings, workdir: Path, serve_after: bool, bind: str, *,
     from gateway.cli.serve import serve
 
     simulator = None
-    if traffic:
-        simulator = SimulatedApplication(
-            int(bind.rsplit(":", 1)[1]), demo_tokens["app"], demo_tokens["feedback"], X, y,
-            settings.demo_rate, MODEL)
+    port = bind.rsplit(":", 1)[-1]
+    if traffic and not port.isdigit():
+        print(f"no simulated application: it needs a TCP port to call, and --bind is {bind}")
+    elif traffic:
+        simulator = SimulatedApplication(int(port), demo_tokens["app"], demo_tokens["feedback"],
+                                         X, y, settings.demo_rate, MODEL)
         simulator.start()
     print(f"\nserving on {base} (Ctrl-C stops the gateway and the simulated application)\n",
           flush=True)
