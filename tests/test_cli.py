@@ -36,7 +36,7 @@ def cli_env(settings) -> dict[str, str]:
             "GATEWAY_MODEL_STORE": str(settings.model_store)}
 
 
-def test_register_show_alias_archive_round_trip(tmp_path, cli_env, on_sqlite_only):
+def test_register_show_alias_archive_round_trip(on_sqlite_only, tmp_path, cli_env):
     model = tmp_path / "m.onnx"
     model.write_bytes(add_constant_model(1.0))
     out = run(["models", "register", "m", str(model), "--json",
@@ -62,7 +62,7 @@ def test_register_show_alias_archive_round_trip(tmp_path, cli_env, on_sqlite_onl
     assert [e["action"] for e in audit][:2] == ["version.archive", "alias.set"]
 
 
-def test_errors_are_one_line_without_traceback(tmp_path, cli_env, on_sqlite_only):
+def test_errors_are_one_line_without_traceback(on_sqlite_only, tmp_path, cli_env):
     garbage = tmp_path / "bad.onnx"
     garbage.write_bytes(b"\x00garbage" * 50)
     cases = [
@@ -87,8 +87,8 @@ def test_unmigrated_database_says_what_to_run(tmp_path):
     assert result.returncode == 2 and "gateway db upgrade" in result.stderr
 
 
-def test_token_create_prints_the_token_last_and_it_works(tmp_path, cli_env, settings,
-                                                        on_sqlite_only):
+def test_token_create_prints_the_token_last_and_it_works(on_sqlite_only, tmp_path, cli_env,
+                                                        settings):
     out = run(["token", "create", "--role", "ops", "--name", "alice"], tmp_path, cli_env).stdout
     token = out.strip().splitlines()[-1]
     assert token.startswith("mgw_")

@@ -110,7 +110,7 @@ def wait_for_requests(base: str, token: str, expected: int, timeout: float = 20)
         time.sleep(0.2)
 
 
-def test_dashboard_in_chromium(settings, db, digits, tmp_path, browser):
+def test_dashboard_in_chromium(on_sqlite_only, settings, db, digits, tmp_path, browser):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.expected_conditions import staleness_of

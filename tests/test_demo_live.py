@@ -92,7 +92,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def test_the_demo_comes_alive_and_stops_whole(demo):
     base, ops, analyst = demo["base"], demo["tokens"]["ops"], demo["tokens"]["analyst"]
-    deadline = time.monotonic() + 150
+    started = time.monotonic()
+    deadline = started + 150
     rollout: dict[str, Any] = {}
     compare: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -120,12 +121,16 @@ def test_the_demo_comes_alive_and_stops_whole(demo):
     assert rollout["step_index"] >= 1 or rollout["state"] == "completed"
     status, audit = get(base, "/admin/audit?model=digits", ops)
     assert status == 200 and "rollout.start" in {e["action"] for e in audit["entries"]}
+    decided_after = time.monotonic() - started
     if CHROMIUM.exists() and CHROMEDRIVER.exists():
         look_at_the_dashboard(base, ops, demo["workdir"])
+    looked_after = time.monotonic() - started
     # Ctrl-C: the whole process group stops, simulator, gunicorn, agent and Redis included
     proc = demo["proc"]
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(60) == 0, (demo["workdir"] / "demo.log").read_text()[-3000:]
+    print(f"demo: set up in {demo['setup_s']:.1f} s, a decision {decided_after:.1f} s later, "
+          f"browser done at {looked_after:.1f} s, stopped at {time.monotonic() - started:.1f} s")
     for _ in range(50):
         if not group_processes(proc.pid):
             break
@@ -152,14 +157,18 @@ def look_at_the_dashboard(base: str, token: str, workdir: Path) -> None:
                  "--no-first-run", "--window-size=1440,1800",
                  f"--user-data-dir={workdir / 'chromium'}"):
         options.add_argument(flag)
+    t0 = time.monotonic()
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
     try:
+        print(f"browser: started in {time.monotonic() - t0:.1f} s")
         driver.get(f"{base}/dashboard?model=digits")
+        print(f"browser: login page at {time.monotonic() - t0:.1f} s")
         driver.find_element(By.NAME, "token").send_keys(token)
         driver.find_element(By.CSS_SELECTOR, ".login form button[type=submit]").click()
         WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR,
                                                                   "svg.lineage"))
+        print(f"browser: dashboard at {time.monotonic() - t0:.1f} s")
         graph = driver.find_element(By.CSS_SELECTOR, "#model-digits svg.lineage")
         nodes = {n.get_attribute("data-version"): n for n in
                  graph.find_elements(By.CSS_SELECTOR, "g.node")}
@@ -175,6 +184,7 @@ def look_at_the_dashboard(base: str, token: str, workdir: Path) -> None:
         decisions = panel.find_elements(By.CSS_SELECTOR, "tr[data-decision]")
         actions = {d.get_attribute("data-decision") for d in decisions}
         assert actions & {"advance", "complete"}, panel.text
+        print(f"browser: checked at {time.monotonic() - t0:.1f} s")
         graph_png = workdir / "lineage.png"
         graph.screenshot(str(graph_png))
         assert graph_png.stat().st_size > 1000

@@ -46,7 +46,7 @@ def test_app_without_redis_url_routes_through_the_embedded_server(settings, digi
         EmbeddedRedis(local.state_dir).stop()
 
 
-def test_cli_traffic_commands(tmp_path, settings, digits, on_sqlite_only):
+def test_cli_traffic_commands(on_sqlite_only, tmp_path, settings, digits):
     env = {"GATEWAY_DATABASE_URL": settings.database_url,
            "GATEWAY_MODEL_STORE": str(settings.model_store),
            "GATEWAY_REDIS_URL": settings.redis_url, "GATEWAY_REDIS_PREFIX": settings.redis_prefix}
