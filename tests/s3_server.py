@@ -89,9 +89,13 @@ class SeaweedS3:
         deadline = time.monotonic() + timeout
         probe = self.client(attempts=1)
         while True:
-            try:
-                probe.list_buckets()
-                return self
+            try:  # a write and a read back: after a restart the S3 port answers before the
+                # volume server has registered again, and reads fail with InternalError
+                if not any(b["Name"] == "probe" for b in probe.list_buckets()["Buckets"]):
+                    probe.create_bucket(Bucket="probe")
+                probe.put_object(Bucket="probe", Key="probe", Body=b"ok")
+                if probe.get_object(Bucket="probe", Key="probe")["Body"].read() == b"ok":
+                    return self
             except Exception:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     tail = (self.root / "weed.log").read_text(errors="replace")[-2000:]
