@@ -55,44 +55,39 @@ def rotate_key(store: WalkableStore, *, limit: int | None = None,
     if current is None:
         raise ArtifactError("GATEWAY_ARTIFACT_KEY is not set: set it to the new key, and "
                             "GATEWAY_ARTIFACT_OLD_KEYS to the key(s) in use until now")
-    progress = Progress()
-    for digest in store.digests():
-        if store.stored_key_id(digest) == current:
-            progress.skipped += 1
-            continue
-        if limit is not None and progress.done >= limit:
-            progress.stopped_early = True
-            break
-        try:
-            store.reseal(digest)
-        except ArtifactError as exc:
-            progress.failed.append(f"{digest}: {exc}")
-            report(digest, f"failed: {exc}")
-            continue
-        progress.done += 1
-        report(digest, f"now under key {current}")
-    return progress
+    return _walk(store.digests(), lambda digest: store.stored_key_id(digest) == current,
+                 store.reseal, f"now under key {current}", limit, report)
 
 
 def migrate(source: WalkableStore, target: CopyTarget, *, limit: int | None = None,
             report: Callable[[str, str], None] = lambda sha, what: None) -> Progress:
     """Copy every artifact of `source` into `target`, checked on both sides: the plaintext is
     verified as it is read from the source and again as it is read back from the target."""
+    def copy(digest: str) -> None:
+        target.put_verified(digest, source.read(digest))
+        target.read(digest)  # read back through the target's own check
+
+    return _walk(source.digests(), target.exists, copy, "copied and verified", limit, report)
+
+
+def _walk(digests: Iterator[str], done: Callable[[str], bool], act: Callable[[str], None],
+          what: str, limit: int | None, report: Callable[[str, str], None]) -> Progress:
+    """Act on each artifact not yet done, one at a time; an artifact that fails is reported
+    and left for the next run, the others go on."""
     progress = Progress()
-    for digest in source.digests():
-        if target.exists(digest):
+    for digest in digests:
+        if done(digest):
             progress.skipped += 1
             continue
         if limit is not None and progress.done >= limit:
             progress.stopped_early = True
             break
         try:
-            target.put_verified(digest, source.read(digest))
-            target.read(digest)  # read back through the target's own check
+            act(digest)
         except ArtifactError as exc:
             progress.failed.append(f"{digest}: {exc}")
             report(digest, f"failed: {exc}")
             continue
         progress.done += 1
-        report(digest, "copied and verified")
+        report(digest, what)
     return progress
