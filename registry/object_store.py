@@ -40,6 +40,7 @@ from registry.store import (
     ArtifactStoreFull,
     ArtifactStoreUnavailable,
     ArtifactUnreadable,
+    Discard,
     PlainFile,
     atomic_write,
     encoded_chunks,
@@ -78,11 +79,6 @@ class _Tee(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
-
-
-class _Discard:
-    def write(self, data: bytes) -> int:
-        return len(data)
 
 
 class S3Store:
@@ -233,7 +229,7 @@ class S3Store:
                     else:
                         tee = _Tee(body, sink)
                         verified_copy(plaintext_chunks(tee, sha256, self.keyring, where),
-                                      sha256, _Discard(), where)
+                                      sha256, Discard(), where)
                         while tee.read(READ_CHUNK):
                             pass
                     sink.flush()
@@ -344,5 +340,3 @@ def make_client(*, probe: bool = False) -> Any:
                     tcp_keepalive=True)
     return boto3.session.Session().client("s3", config=config)
 
-
-__all__ = ["S3Store", "ArtifactError", "parse_url", "make_client"]

@@ -138,12 +138,6 @@ def sealed_size(plain_size: int, chunk: int = CHUNK_BYTES) -> int:
     return HEADER.size + plain_size + chunks * TAG_BYTES
 
 
-def plain_size(sealed: int, chunk: int = CHUNK_BYTES) -> int:
-    body = sealed - HEADER.size
-    chunks = -(-body // (chunk + TAG_BYTES))
-    return body - chunks * TAG_BYTES
-
-
 def seal_chunks(read: Readable, size: int, key: bytes, sha256: str,
                 chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The sealed object for `size` plaintext bytes read from `read`, a piece at a time."""
